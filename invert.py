@@ -1,0 +1,176 @@
+"""Network inversion (section 3.3): train generators against a frozen classifier.
+
+    python invert.py --dataset fmnist --subset 10000
+
+Each of --generators generators learns to make images the classifier assigns to the
+class it was conditioned on, under L_Inv = alpha*L_KL + beta*L_CE + gamma*L_Cosine
++ delta*L_Ortho with soft conditioning vectors. reconstruct.py runs this same script
+with hot vectors and the reconstruction terms of section 3.4 switched on.
+
+Writes <out-dir>/<invert|reconstruct>-<dataset>-<subset>-<conditioning>-seed<seed>/:
+generator<k>.pt, samples.pt, grid.png, metrics.json, args.json. When --classifier is
+not given, the classifier for --dataset/--subset/--seed is taken from where
+train_classifier.py puts it, and trained first if it is not there.
+"""
+import argparse
+import os
+
+import torch
+from torchvision.utils import save_image
+
+import tldr
+import train_classifier
+
+# Default loss weights and epsilon: (inversion, reconstruction). alpha' (alpha_pert),
+# beta' (beta_pert) and eta1..3 are 0 in inversion, which is exactly L_Inv.
+DEFAULTS = {"alpha": (1.0, 1.0), "beta": (1.0, 1.0), "gamma": (1.0, 1.0), "delta": (1.0, 1.0),
+            "alpha_pert": (0.0, 1.0), "beta_pert": (0.0, 1.0), "eta1": (0.0, 0.05),
+            "eta2": (0.0, 1.0), "eta3": (0.0, 1.0)}
+HELP = {"alpha": "weight of L_KL", "beta": "weight of L_CE", "gamma": "weight of L_Cosine",
+        "delta": "weight of L_Ortho", "alpha_pert": "alpha', weight of L_KL on perturbed images",
+        "beta_pert": "beta', weight of L_CE on perturbed images", "eta1": "weight of L_Var",
+        "eta2": "weight of L_Pix", "eta3": "weight of L_Grad"}
+
+
+def parse_args(argv=None, reconstruct=False, doc=__doc__):
+    p = argparse.ArgumentParser(description=doc, formatter_class=tldr.HelpFormatter)
+    tldr.add_common_flags(p)
+    p.add_argument("--classifier", default=None,
+                   help="classifier.pt to invert (default: the one for --dataset/--subset/--seed, trained if missing)")
+    p.add_argument("--conditioning", default="vector-matrix", choices=tldr.CONDITIONINGS)
+    p.add_argument("--generators", type=int, default=3, help="how many generators to train (the paper shows 3)")
+    p.add_argument("--steps", type=int, default=1500, help="training steps per generator")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the generator")
+    p.add_argument("--latent-dim", type=int, default=64, help="size of the latent vector z")
+    p.add_argument("--width", type=int, default=64, help="generator width (channels of its last hidden layer)")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout after each generator up-convolution")
+    for name, (inv, rec) in DEFAULTS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=rec if reconstruct else inv, help=HELP[name])
+    p.add_argument("--epsilon", type=float, default=0.1,
+                   help="size of the L-infinity perturbation (uniform noise) for the ^pert terms")
+    p.add_argument("--fast-grad-norm", action="store_true",
+                   help="compute L_Grad with the exact one-backward-pass method instead of torch.func")
+    p.add_argument("--samples-per-class", type=int, default=100, help="images saved per class and generator")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="save the training state every so many steps")
+    p.add_argument("--log-every", type=int, default=50, help="print the loss terms every so many steps")
+    p.add_argument("--run-dir", default=None,
+                   help="default: <out-dir>/<mode>-<dataset>-<subset>-<conditioning>-seed<seed>")
+    args = p.parse_args(argv)
+    args.reconstruct = reconstruct
+    for flag in ("generators", "steps", "batch_size", "samples_per_class", "checkpoint_every", "log_every"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    return args
+
+
+def get_classifier(args, device, log):
+    """Load --classifier, or the default one for these settings (training it if missing)."""
+    path = args.classifier
+    if path is None:
+        path = os.path.join(tldr.classifier_dir(args.out_dir, args.dataset, args.subset, args.seed), "classifier.pt")
+        if not os.path.exists(os.path.join(os.path.dirname(path), "metrics.json")):
+            log(f"no trained classifier at {path}: training one first")
+            flags = ["--dataset", args.dataset, "--data-root", args.data_root, "--device", args.device,
+                     "--seed", str(args.seed), "--out-dir", args.out_dir]
+            flags += ["--subset", str(args.subset)] if args.subset else []
+            flags += ["--resume"] if os.path.exists(path) else []
+            train_classifier.run(train_classifier.parse_args(flags), log=log)
+    ckpt = tldr.load_checkpoint(path, "classifier")
+    if ckpt["dataset"] != args.dataset:
+        raise tldr.TLDRError(f"{path}: is a classifier for {ckpt['dataset']}, but --dataset is {args.dataset}")
+    _, channels, size, _ = tldr.DATASETS[args.dataset]
+    if (ckpt["config"]["channels"], ckpt["config"]["image_size"]) != (channels, size):
+        raise tldr.TLDRError(f"{path}: takes {ckpt['config']['channels']}x{ckpt['config']['image_size']} images, "
+                             f"{args.dataset} has {channels}x{size}")
+    if ckpt["epoch"] != ckpt["epochs"]:
+        raise tldr.TLDRError(f"{path}: training stopped after epoch {ckpt['epoch']}/{ckpt['epochs']}; "
+                             "finish it with train_classifier.py --resume")
+    model = tldr.Classifier(**ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def train_one(k, args, classifier, device, run_dir, log):
+    """Train (or resume, or just load) generator k; returns it."""
+    _, channels, size, _ = tldr.DATASETS[args.dataset]
+    gen = tldr.Generator(conditioning=args.conditioning, channels=channels, image_size=size,
+                         latent_dim=args.latent_dim, width=args.width, dropout=args.dropout).to(device)
+    path = os.path.join(run_dir, f"generator{k}.pt")
+    meta = {"kind": "generator", "config": gen.config, "dataset": args.dataset, "steps": args.steps,
+            "reconstruct": args.reconstruct, "index": k}
+    state = None
+    if args.resume and os.path.exists(path):
+        state = tldr.load_checkpoint(path, "generator")
+        for key in ("config", "dataset", "steps", "reconstruct"):
+            if state[key] != meta[key]:
+                raise tldr.TLDRError(f"{path}: was started with {key}={state[key]}, not {meta[key]}; use --overwrite")
+        log(f"generator {k}: resuming at step {state['step']}/{args.steps}")
+    else:
+        tldr.seed_everything(args.seed * 1000 + k)  # each generator its own seed
+    weights = {name: getattr(args, name) for name in DEFAULTS}
+    state = tldr.train_generator(
+        gen, classifier, reconstruct=args.reconstruct, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, weights=weights, epsilon=args.epsilon, device=device,
+        grad_method="fast" if args.fast_grad_norm else "func", state=state,
+        save=lambda s: tldr.save_pt(meta | s, path), checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, log=lambda line: log(f"generator {k}: {line}"))
+    return gen, state["terms"]
+
+
+def save_grid(images, labels, generator_ids, k, path, train_images=None, per_generator=4):
+    """Rows = classes; `per_generator` columns from each generator; then, if given,
+    a last column with one training image of that class (reconstruction)."""
+    rows = []
+    for c in range(tldr.NUM_CLASSES):
+        row = [images[(labels == c) & (generator_ids == g)][:per_generator] for g in range(k)]
+        if train_images is not None:
+            row.append(train_images[c][None])
+        rows.append(torch.cat(row))
+    grid = torch.cat(rows)
+    tldr.atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=len(rows[0]), padding=2, pad_value=0.5, format="png"))
+
+
+def run(args, log=print):
+    device = tldr.pick_device(args.device)
+    tldr.check_subset(args)
+    mode = "reconstruct" if args.reconstruct else "invert"
+    run_dir = args.run_dir or os.path.join(
+        args.out_dir, f"{mode}-{args.dataset}-{args.subset or 'full'}-{args.conditioning}-seed{args.seed}")
+    if tldr.prepare_run_dir(run_dir, "metrics.json", args):
+        log(f"{run_dir} is already finished; nothing to resume")
+        return run_dir
+    classifier, clf_ckpt = get_classifier(args, device, log)
+    log(f"{mode}: {args.generators} {args.conditioning} generator(s) x {args.steps} steps on {device}, into {run_dir}")
+
+    images, labels, gen_ids, terms = [], [], [], []
+    for k in range(args.generators):
+        gen, last = train_one(k, args, classifier, device, run_dir, log)
+        x, y = tldr.sample(gen, args.samples_per_class, args.reconstruct, device)
+        images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k)), terms.append(last)
+    images, labels, gen_ids = torch.cat(images), torch.cat(labels), torch.cat(gen_ids)
+    tldr.save_pt({"images": images, "labels": labels, "generator": gen_ids}, os.path.join(run_dir, "samples.pt"))
+
+    train_column = None
+    if args.reconstruct:  # one training image of each class, from the classifier's own subset
+        train_x, train_y = tldr.load_split(args.dataset, args.data_root, train=True)
+        idx = clf_ckpt["subset_indices"]
+        train_x, train_y = train_x[idx], train_y[idx]
+        train_column = torch.stack([train_x[train_y == c][0] for c in range(tldr.NUM_CLASSES)])
+    save_grid(images, labels, gen_ids, args.generators, os.path.join(run_dir, "grid.png"), train_column)
+
+    acc, conf = tldr.evaluate(classifier, images, labels, device)
+    metrics = {"accuracy": acc, "confidence": conf, "classifier_test_accuracy": clf_ckpt["test_accuracy"],
+               "final_terms": terms}
+    tldr.save_json(metrics, os.path.join(run_dir, "metrics.json"))
+    log(f"classifier on the {len(images)} generated images: accuracy {acc:.4f}, mean confidence {conf:.4f}")
+    log(f"wrote {run_dir}/samples.pt, grid.png, metrics.json")
+    return run_dir
+
+
+def main(reconstruct=False, doc=__doc__):
+    run(parse_args(reconstruct=reconstruct, doc=doc))
+
+
+if __name__ == "__main__":
+    tldr.run_script(main)

@@ -1,0 +1,667 @@
+"""Training-Like Data Reconstruction (TLDR), in one file.
+
+"Training-Like Data Reconstruction" trains a conditioned generator against a frozen
+classifier until the classifier assigns its images to the asked-for class (network
+inversion), then pushes those images toward the classifier's own training data by
+asking for what training data has: high confidence, robustness to perturbation and
+small weight gradients (reconstruction). Shared weights leak training data.
+
+The file follows the paper's section 3, top to bottom:
+
+  0.   Data             torchvision datasets as [0, 1] tensors, a seeded training subset
+  3.1  Classifier       conv + batch norm + leaky ReLU + dropout + fully connected
+  3.2  Generator        transposed convs; label / vector / matrix / vector-matrix conditioning
+  3.3  Inversion        L_Inv = alpha*L_KL + beta*L_CE + gamma*L_Cosine + delta*L_Ortho
+  3.4  Reconstruction   L_Recon = L_Inv + alpha'*L_KL^pert + beta'*L_CE^pert
+                                  + eta1*L_Var + eta2*L_Pix + eta3*L_Grad
+                        L_Grad = ||grad_theta L(f_theta(I), y)|| per image (torch.func),
+                        plus an exact faster path checked against it
+  4.   Training loops   the classifier; a generator (inversion or reconstruction)
+  5.   Plumbing         devices, seeds, checkpoints, errors shared by the three scripts
+
+Shapes: B = batch, C = channels, H = W = image side, N = number of classes (10).
+Every place this code departs from the paper, or decides what the paper leaves open,
+says so in a comment starting with "Choice:" or "Deviation:"; README.md lists them all.
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+
+class TLDRError(Exception):
+    """A problem the user can fix; the scripts print it as one line and exit 1."""
+
+
+# ---------------------------------------------------------------------------------
+# 0. Data
+# ---------------------------------------------------------------------------------
+# name -> (torchvision class name, channels, image side, size of the train split)
+DATASETS = {"mnist": ("MNIST", 1, 28, 60000), "fmnist": ("FashionMNIST", 1, 28, 60000),
+            "svhn": ("SVHN", 3, 32, 73257), "cifar10": ("CIFAR10", 3, 32, 50000)}
+NUM_CLASSES = 10
+
+
+def load_split(name, root, train):
+    """The whole split as (images [n, C, H, W] float in [0, 1], labels [n] long)."""
+    import torchvision  # imported here so `python invert.py --help` stays fast
+    cls = getattr(torchvision.datasets, DATASETS[name][0])
+    # SVHN names its splits; the others take train=True/False.
+    kw = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
+    try:
+        try:
+            ds = cls(root, download=False, **kw)
+        except RuntimeError:  # files missing (or failing their checksum): fetch them
+            ds = cls(root, download=True, **kw)
+    except Exception as e:
+        raise TLDRError(
+            f"could not load {name} from '{root}' and could not download it ({type(e).__name__}); "
+            f"put the official files under '{os.path.join(root, cls.__name__)}' "
+            f"(or '{root}' for svhn/cifar10) or pass --data-root to a folder that has them")
+    data = torch.as_tensor(ds.data)
+    labels = torch.as_tensor(ds.labels if name == "svhn" else ds.targets).long()
+    if data.dim() == 3:  # MNIST-like: [n, H, W] -> [n, 1, H, W]
+        data = data.unsqueeze(1)
+    elif name == "cifar10":  # CIFAR-10 stores [n, H, W, C] -> [n, C, H, W]; SVHN is already NCHW
+        data = data.permute(0, 3, 1, 2)
+    return data.float().div(255), labels
+
+
+def draw_subset(n_train, subset, seed):
+    """The training subset: `subset` indices into the train split, drawn from `seed`.
+
+    Choice: a uniformly random subset (not class-balanced), sorted, from its own
+    torch.Generator so it depends on the seed alone.
+    """
+    if subset is None:
+        return torch.arange(n_train)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_train, generator=g)[:subset].sort().values
+
+
+# ---------------------------------------------------------------------------------
+# 3.1 Classifier
+# ---------------------------------------------------------------------------------
+# The paper names the parts (convolutions, batch norm, leaky ReLU, dropout, fully
+# connected layers, softmax, weight decay) but not the sizes. Choice: two conv blocks
+# and one hidden linear layer, about 420k weights at 28x28 and 550k at 32x32.
+
+class Classifier(nn.Module):
+    def __init__(self, *, channels, image_size, width=32, hidden=128, dropout=0.25,
+                 mean=None, std=None):
+        super().__init__()
+        mean, std = mean or [0.5] * channels, std or [0.25] * channels
+        self.config = dict(channels=channels, image_size=image_size, width=width,
+                           hidden=hidden, dropout=dropout, mean=mean, std=std)
+        # Normalisation lives inside the model (per-channel mean and std of the training
+        # subset), so it takes [0, 1] images like the ones the generator makes.
+        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1))
+
+        def block(c_in, c_out):  # conv -> BN -> leaky ReLU -> 2x2 max pool -> dropout
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                    nn.LeakyReLU(0.2), nn.MaxPool2d(2), nn.Dropout(dropout)]
+        self.conv = nn.Sequential(*block(channels, width), *block(width, 2 * width))
+        side = image_size // 4
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * side * side, hidden),
+                                    nn.LeakyReLU(0.2), nn.Dropout(dropout))
+        self.head = nn.Linear(hidden, NUM_CLASSES)
+
+    def forward(self, x):
+        """x: [B, C, H, W] in [0, 1] -> (logits [B, N], penultimate features [B, hidden])."""
+        h = self.conv((x - self.mean) / self.std)  # [B, 2*width, H/4, W/4]
+        features = self.hidden(h)                  # [B, hidden]: feeds L_Cosine and L_Ortho
+        return self.head(features), features       # softmax(logits) = the paper's output Q
+
+
+# ---------------------------------------------------------------------------------
+# 3.2 Generator and its four conditionings
+# ---------------------------------------------------------------------------------
+CONDITIONINGS = ("label", "vector", "matrix", "vector-matrix")
+
+
+def sample_conditioning(labels, hot):
+    """The generator's conditioning for the given labels [B].
+
+    Returns (P [B, N], matrix [B, 1, N, N]):
+      P       the conditioning distribution. Soft (3.2.2): softmax of a Gaussian vector
+              whose argmax is the label; hot (3.4): the one-hot label.
+      matrix  the hot conditioning matrix (3.2.3): row and column `label` set to 1.
+    Each generator uses the parts its conditioning needs.
+    """
+    if hot:
+        p = F.one_hot(labels, NUM_CLASSES).float()
+    else:
+        # Draw v ~ N(0, I), then swap the largest entry into the label's place, so that
+        # argmax(softmax(v)) = label. Naive equivalent: draw v until argmax(v) == label.
+        v = torch.randn(len(labels), NUM_CLASSES)
+        top = v.argmax(1, keepdim=True)
+        v_top, v_lab = v.gather(1, top), v.gather(1, labels[:, None])
+        v = v.scatter(1, top, v_lab).scatter(1, labels[:, None], v_top)
+        p = v.softmax(1)
+    hot_rows = F.one_hot(labels, NUM_CLASSES).float()                      # [B, N]
+    # M[i, j] = 1 if i == label or j == label, else 0
+    matrix = (hot_rows[:, :, None] + hot_rows[:, None, :]).clamp(max=1)   # [B, N, N]
+    return p, matrix[:, None]
+
+
+class Generator(nn.Module):
+    """Latent z (+ conditioning) -> image, by transposed convolutions.
+
+    label:         z ++ learnt embedding(label)   from the start
+    vector:        z ++ P (soft or hot vector)    from the start; the label is never given
+    matrix:        z alone up to N x N, then the hot matrix as an extra channel
+    vector-matrix: z ++ P up to N x N, then the matrix (same label) as an extra channel
+    """
+
+    def __init__(self, *, conditioning, channels, image_size, latent_dim=64, width=64, dropout=0.2):
+        super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise TLDRError(f"unknown conditioning '{conditioning}', expected one of {', '.join(CONDITIONINGS)}")
+        self.config = dict(conditioning=conditioning, channels=channels, image_size=image_size,
+                           latent_dim=latent_dim, width=width, dropout=dropout)
+        self.conditioning = conditioning
+        n = NUM_CLASSES
+        self.embed = nn.Embedding(n, n) if conditioning == "label" else None
+        vec_dim = 0 if conditioning == "matrix" else n
+        mat_dim = 1 if conditioning in ("matrix", "vector-matrix") else 0
+        # Choice: BN + leaky ReLU + dropout after every up-convolution (the paper credits
+        # dropout for diversity); no squashing at the end, so L_Pix has something to do.
+        def up(c_in, c_out, k, s, p):
+            return [nn.ConvTranspose2d(c_in, c_out, k, s, p), nn.BatchNorm2d(c_out),
+                    nn.LeakyReLU(0.2), nn.Dropout(dropout)]
+        self.to_matrix_size = nn.Sequential(
+            nn.Unflatten(1, (latent_dim + vec_dim, 1, 1)),
+            *up(latent_dim + vec_dim, 4 * width, n // 2, 1, 0),  # [B, 4w, N/2, N/2] = 5x5
+            *up(4 * width, 2 * width, 4, 2, 1))                  # [B, 2w, N, N]     = 10x10
+        half = image_size // 2
+        self.to_image = nn.Sequential(
+            *up(2 * width + mat_dim, width, half - n + 1, 1, 0),  # [B, w, H/2, W/2]: 14 or 16
+            nn.ConvTranspose2d(width, channels, 4, 2, 1))          # [B, C, H, W]:     28 or 32
+
+    def forward(self, z, labels, p, matrix):
+        """z [B, latent], labels [B], P [B, N], matrix [B, 1, N, N] -> images [B, C, H, W]."""
+        if self.conditioning == "label":
+            z = torch.cat([z, self.embed(labels)], 1)
+        elif self.conditioning in ("vector", "vector-matrix"):
+            z = torch.cat([z, p], 1)
+        h = self.to_matrix_size(z)  # [B, 2w, N, N]; for "matrix" still unconditioned here
+        if self.conditioning in ("matrix", "vector-matrix"):
+            h = torch.cat([h, matrix], 1)  # [B, 2w + 1, N, N]
+        return self.to_image(h)
+
+
+# ---------------------------------------------------------------------------------
+# 3.3 Network inversion losses
+# ---------------------------------------------------------------------------------
+
+def kl_loss(p, logits):
+    # L_KL = D_KL(P || Q) = sum_i P(i) * log(P(i) / Q(i)),  Q = softmax(logits); mean over the batch.
+    # xlogy(P, P) = P log P with 0 log 0 = 0, so one-hot P works (then L_KL = L_CE).
+    # Note F.kl_div(log Q, P) computes the same; the argument order is easy to get backwards.
+    return (torch.xlogy(p, p) - p * logits.log_softmax(1)).sum(1).mean()
+
+
+def ce_loss(logits, labels):
+    # L_CE = -sum_i y_i * log(yhat_i),  y = one-hot(label), yhat = softmax(logits); mean over the batch.
+    return F.cross_entropy(logits, labels)
+
+
+def cosine_loss(features):
+    # L_Cosine = 1/(N(N-1)) * sum_{i != j} cos(theta_ij),  over the B feature vectors of the batch
+    f = F.normalize(features, dim=1)                        # [B, D], unit rows
+    cos = f @ f.T                                           # [B, B], cos(theta_ij)
+    b = len(f)
+    return (cos.sum() - cos.diagonal().sum()) / (b * (b - 1))
+
+
+def ortho_loss(features):
+    # L_Ortho = 1/N^2 * sum_{i,j} (G_ij - delta_ij)^2,  G = F F^T
+    # Choice: F is L2-normalised so that G_ii = 1 can be met; the paper leaves it open.
+    f = F.normalize(features, dim=1)                        # [B, D]
+    gram = f @ f.T                                          # [B, B]
+    return ((gram - torch.eye(len(f), device=f.device)) ** 2).mean()
+
+
+def inversion_losses(classifier, images, labels, p):
+    """The four terms of L_Inv, unweighted, as a dict of scalars."""
+    logits, features = classifier(images)
+    return {"kl": kl_loss(p, logits), "ce": ce_loss(logits, labels),
+            "cos": cosine_loss(features), "ortho": ortho_loss(features)}
+
+
+# ---------------------------------------------------------------------------------
+# 3.4 Training-like data reconstruction losses
+# ---------------------------------------------------------------------------------
+
+def perturb(images, epsilon):
+    # I_pert = I + u,  u ~ Uniform[-epsilon, epsilon] per pixel, so ||I_pert - I||_inf <= epsilon.
+    # Choice: random noise, not a worst-case (FGSM) step; the paper only says "L-infinity".
+    return images + epsilon * (2 * torch.rand_like(images) - 1)
+
+
+def var_loss(images):
+    # L_Var = 1/N * sum_i sum_{c,h,w} (I[i,c,h+1,w] - I[i,c,h,w])^2 + (I[i,c,h,w+1] - I[i,c,h,w])^2
+    dh = images[:, :, 1:, :] - images[:, :, :-1, :]        # [B, C, H-1, W]
+    dw = images[:, :, :, 1:] - images[:, :, :, :-1]        # [B, C, H, W-1]
+    return ((dh ** 2).sum() + (dw ** 2).sum()) / len(images)
+
+
+def pix_loss(images):
+    # L_Pix = sum max(0, -I) + sum max(0, I - 1)
+    # Deviation: the paper sums over the batch too; we divide by B so the weight eta2
+    # does not depend on the batch size.
+    return (F.relu(-images).sum() + F.relu(images - 1).sum()) / len(images)
+
+
+# L_Grad = || grad_theta L(f_theta(I), y) ||, one norm per generated image I, over all
+# of the classifier's weights theta (not its batch-norm running statistics), with
+# L = cross-entropy and the classifier in eval mode. Three ways to compute it follow:
+# a plain loop (the definition), torch.func (the reference used by default) and an
+# exact faster path. Tests check all three agree, values and image gradients.
+
+def grad_norms_loop(classifier, images, labels):
+    """Naive: one autograd.grad call per image. [B] norms, differentiable w.r.t. images."""
+    params = [p for p in classifier.parameters()]
+    norms = []
+    for x, y in zip(images, labels):
+        loss = F.cross_entropy(classifier(x[None])[0], y[None])
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        norms.append(torch.sqrt(sum((g ** 2).sum() for g in grads)))
+    return torch.stack(norms)
+
+
+def grad_norms(classifier, images, labels, chunk_size=None):
+    """torch.func: vmap over the batch of grad of one image's loss. [B] norms.
+
+    The result stays differentiable w.r.t. `images`, so the generator learns from it.
+    `chunk_size` runs vmap on that many images at a time (less memory, same result).
+    """
+    params = {k: v.detach() for k, v in classifier.named_parameters()}
+    buffers = {k: v.detach() for k, v in classifier.named_buffers()}
+
+    def one_image_loss(params, x, y):  # x [C, H, W], y [] -> scalar loss
+        logits = functional_call(classifier, (params, buffers), (x[None],))[0]
+        return F.cross_entropy(logits, y[None])
+
+    # in_dims: params shared (None); image and label batched along dim 0.
+    per_image = vmap(grad(one_image_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)
+    grads = per_image(params, images, labels)  # {name: [B, *param.shape]}
+    sq = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())  # [B]
+    return sq.sqrt()
+
+
+def grad_norms_fast(classifier, images, labels):
+    """Exact per-image weight-gradient norms from one forward and one backward pass.
+
+    In eval mode the images do not interact, so d(sum_i L_i)/d(output of a layer) has,
+    in row i, the gradient of image i's own loss: delta_i. Each layer's per-image weight
+    gradient then follows from its input a_i and delta_i alone:
+      Linear   W: ||delta_i a_i^T||^2 = ||a_i||^2 ||delta_i||^2 (never built), b: ||delta_i||^2
+      Conv2d   W: delta_i [C_out, P] @ unfold(a_i)^T [P, C_in*k*k], built per image; b: sum_p delta_i
+      BatchNorm (eval) gamma: sum_p delta_i * xhat_i,  beta: sum_p delta_i
+    Naive reference: grad_norms above (and grad_norms_loop).
+    """
+    layers = [m for m in classifier.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d))]
+    if sum(p.numel() for m in layers for p in m.parameters()) != sum(p.numel() for p in classifier.parameters()):
+        raise TLDRError("grad_norms_fast knows Linear, Conv2d and BatchNorm2d only; use grad_norms")
+    seen = {}  # layer -> (input, output), recorded on the way forward
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.__setitem__(m, (i[0], o))) for m in layers]
+    try:
+        logits, _ = classifier(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum")  # sum_i L_i
+    outputs = [seen[m][1] for m in layers]
+    deltas = torch.autograd.grad(loss_sum, outputs, create_graph=True)  # delta_i of each layer
+    sq = 0
+    for m, delta in zip(layers, deltas):
+        a = seen[m][0]
+        if isinstance(m, nn.Linear):  # a [B, in], delta [B, out]
+            d2 = delta.pow(2).sum(1)
+            sq = sq + a.pow(2).sum(1) * d2 + d2
+        elif isinstance(m, nn.Conv2d):  # a [B, C_in, H, W], delta [B, C_out, H', W']
+            cols = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # [B, C_in*k*k, P]
+            g_w = delta.flatten(2) @ cols.transpose(1, 2)                       # [B, C_out, C_in*k*k]
+            sq = sq + g_w.pow(2).sum((1, 2)) + delta.sum((2, 3)).pow(2).sum(1)
+        else:  # BatchNorm2d in eval: xhat = (a - running_mean) / sqrt(running_var + eps)
+            xhat = (a - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps)
+            sq = sq + (delta * xhat).sum((2, 3)).pow(2).sum(1) + delta.sum((2, 3)).pow(2).sum(1)
+    return sq.sqrt()
+
+
+def reconstruction_losses(classifier, images, labels, p, epsilon, grad_method="func"):
+    """The terms of L_Recon, unweighted: the four of L_Inv plus five more."""
+    terms = inversion_losses(classifier, images, labels, p)
+    logits_pert, _ = classifier(perturb(images, epsilon))
+    terms["kl_pert"] = kl_loss(p, logits_pert)
+    terms["ce_pert"] = ce_loss(logits_pert, labels)
+    terms["var"] = var_loss(images)
+    terms["pix"] = pix_loss(images)
+    norms = grad_norms_fast(classifier, images, labels) if grad_method == "fast" else grad_norms(classifier, images, labels)
+    terms["grad"] = norms.mean()  # Choice: the mean of the per-image norms over the batch
+    return terms
+
+
+# The weight of each term: alpha..delta for L_Inv; alpha', beta', eta1..3 added for L_Recon.
+TERMS = {"kl": "alpha", "ce": "beta", "cos": "gamma", "ortho": "delta", "kl_pert": "alpha_pert",
+         "ce_pert": "beta_pert", "var": "eta1", "pix": "eta2", "grad": "eta3"}
+
+
+def weighted_sum(terms, weights):
+    # L_Inv = alpha*L_KL + beta*L_CE + gamma*L_Cosine + delta*L_Ortho
+    # L_Recon = L_Inv + alpha'*L_KL^pert + beta'*L_CE^pert + eta1*L_Var + eta2*L_Pix + eta3*L_Grad
+    return sum(weights[TERMS[name]] * value for name, value in terms.items())
+
+
+# ---------------------------------------------------------------------------------
+# 4. Training loops
+# ---------------------------------------------------------------------------------
+
+class Stop:
+    """Turns Ctrl-C (SIGINT) and SIGTERM into a flag the loops check between steps,
+    so a run stops only at a step boundary, after saving."""
+    requested = False
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        Stop.requested = True
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+class Interrupted(TLDRError):
+    pass
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_classifier(model, images, labels, *, epochs, batch_size, lr, weight_decay, device,
+                     state=None, save=None, log=print):
+    """Adam with weight decay on cross-entropy, `epochs` passes over (images, labels).
+
+    `state` resumes from a saved training state; `save(state)` is called after every
+    epoch and when stopped (Ctrl-C). Returns the final training state.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        epoch = state["epoch"]
+    n = len(images)
+    with Stop():
+        while epoch < epochs:
+            model.train()
+            start, total = time.time(), 0.0
+            for idx in torch.randperm(n).split(batch_size):
+                x, y = images[idx].to(device), labels[idx].to(device)
+                loss = F.cross_entropy(model(x)[0], y)
+                check_finite({"ce": loss}, f"epoch {epoch + 1}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            epoch += 1
+            log(f"epoch {epoch}/{epochs} | ce {total / n:.4f} | {time.time() - start:.1f}s")
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "rng": rng_state()}
+            if save:
+                save(state)
+            if Stop.requested and epoch < epochs:
+                raise Interrupted(f"stopped after epoch {epoch}; continue with --resume")
+    return state
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, device, batch_size=1000):
+    """Accuracy and mean confidence P(y|x) of `model` (eval mode) on (images, labels)."""
+    model.eval()
+    correct, conf = 0, 0.0
+    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+        probs = model(x.to(device))[0].softmax(1)
+        y = y.to(device)
+        correct += (probs.argmax(1) == y).sum().item()
+        conf += probs.gather(1, y[:, None]).sum().item()
+    return correct / len(labels), conf / len(labels)
+
+
+def check_finite(terms, where):
+    for name, value in terms.items():
+        if not torch.isfinite(value).all():
+            raise TLDRError(f"loss term '{name}' became non-finite at {where}; "
+                            "the last good checkpoint is kept; try a lower --lr")
+
+
+def generate(generator, labels, hot, latent_dim, device):
+    """Images [B, C, H, W] for `labels`, with fresh z ~ N(0, I) and conditioning."""
+    p, matrix = sample_conditioning(labels, hot)
+    z = torch.randn(len(labels), latent_dim)
+    labels, p, matrix, z = labels.to(device), p.to(device), matrix.to(device), z.to(device)
+    return generator(z, labels, p, matrix), labels, p
+
+
+def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr, weights,
+                    epsilon, device, grad_method="func", state=None, save=None,
+                    checkpoint_every=100, log_every=50, log=print):
+    """Train `generator` against the frozen `classifier` (eval mode) for `steps` steps.
+
+    Inversion: soft vectors, L_Inv. Reconstruction: hot vectors, L_Recon. Labels are
+    uniform over the classes. `save(state)` is called every `checkpoint_every` steps,
+    at the end, and when stopped. Returns the final state, with the last loss terms.
+    """
+    classifier.eval().requires_grad_(False)
+    opt = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
+    step, last = 0, {}
+    if state is not None:
+        generator.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step, last = state["step"], state["terms"]
+    latent_dim = generator.config["latent_dim"]
+
+    def snapshot():
+        return {"model": generator.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "rng": rng_state(), "terms": last}
+
+    start, start_step = time.time(), step
+    with Stop():
+        while step < steps:
+            generator.train()
+            labels = torch.randint(NUM_CLASSES, (batch_size,))
+            images, labels, p = generate(generator, labels, reconstruct, latent_dim, device)
+            if reconstruct:
+                terms = reconstruction_losses(classifier, images, labels, p, epsilon, grad_method)
+            else:
+                terms = inversion_losses(classifier, images, labels, p)
+            check_finite(terms | {"images": images.detach()}, f"step {step + 1}")
+            loss = weighted_sum(terms, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            last = {k: v.item() for k, v in terms.items()}
+            if step % log_every == 0 or step == steps:
+                rate = (step - start_step) / (time.time() - start)
+                log(f"step {step}/{steps} | " + " ".join(f"{k} {v:.4g}" for k, v in last.items())
+                    + f" | {rate:.2f} it/s | eta {(steps - step) / rate / 60:.1f}m")
+            if save and (step % checkpoint_every == 0 or step == steps or Stop.requested):
+                save(snapshot())
+            if Stop.requested and step < steps:
+                raise Interrupted(f"stopped at step {step}; continue with --resume")
+    return snapshot()
+
+
+@torch.no_grad()
+def sample(generator, per_class, hot, device, batch_size=500):
+    """`per_class` images of every class: (images [N*per_class, C, H, W] in [0, 1], labels).
+
+    Choice: the generator stays in train mode while sampling, so dropout and batch
+    statistics keep varying the images (the paper credits dropout for diversity).
+    Images are clamped to [0, 1], the valid range.
+    """
+    generator.train()
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+    latent_dim = generator.config["latent_dim"]
+    out = [generate(generator, y, hot, latent_dim, device)[0].clamp(0, 1).cpu()
+           for y in labels.split(batch_size)]
+    return torch.cat(out), labels
+
+
+# ---------------------------------------------------------------------------------
+# 5. Plumbing shared by the scripts
+# ---------------------------------------------------------------------------------
+
+def pick_device(name):
+    """'auto' picks cuda, then mps, then cpu; an asked-for device that is missing is an error."""
+    has = {"cuda": torch.cuda.is_available(),
+           "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+           "cpu": True}
+    if name == "auto":
+        name = next(d for d in ("cuda", "mps", "cpu") if has[d])
+    if not has[name]:
+        raise TLDRError(f"--device {name} was asked for but this machine has no {name}; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA
+    torch.backends.cudnn.benchmark = False
+
+
+def atomic_write(path, write):
+    """Write through `write(tmp_path)` to a temporary file beside `path`, then rename:
+    a crash or Ctrl-C never leaves a half-written file under the final name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path), suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_pt(obj, path):
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_json(obj, path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def load_checkpoint(path, kind):
+    """Load a checkpoint as data only (weights_only=True: no code runs), check its kind."""
+    if not os.path.isfile(path):
+        raise TLDRError(f"{path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            why = "it holds Python objects beyond tensors and plain data (a pickle that could run code); refusing to load it"
+        else:
+            why = f"not a readable checkpoint (truncated or corrupt?): {first[:120]}"
+        raise TLDRError(f"{path}: {why}")
+    if not isinstance(ckpt, dict) or "kind" not in ckpt:
+        raise TLDRError(f"{path}: not a TLDR checkpoint")
+    if ckpt["kind"] != kind:
+        raise TLDRError(f"{path}: is a {ckpt['kind']} checkpoint, expected a {kind}")
+    return ckpt
+
+
+def run_script(main):
+    """Run a script's main(): TLDRError becomes one 'error:' line and exit status 1
+    (130 for a clean stop on Ctrl-C)."""
+    try:
+        main()
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(130)
+    except TLDRError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def one_line_errors(parser):
+    """argparse prints usage + error on two lines; print just the error, on one."""
+    def error(message):
+        print(f"{parser.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+    parser.error = error
+    return parser
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default and the script's docstring as written."""
+
+
+def add_common_flags(parser):
+    """The flags every script takes; argparse errors come out as one line."""
+    one_line_errors(parser)
+    parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="which torchvision dataset")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="train on this many images drawn from the train split by --seed (default: all)")
+    parser.add_argument("--data-root", default="./data", help="torchvision root; missing files are downloaded")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="auto = cuda, else mps, else cpu")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the subset, the weights and every sample")
+    parser.add_argument("--out-dir", default="runs", help="run folders are made under this folder")
+    parser.add_argument("--resume", action="store_true", help="continue a stopped run from its folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run's folder contents")
+    return parser
+
+
+def check_subset(args):
+    n_train = DATASETS[args.dataset][3]
+    if args.subset is not None and not 0 < args.subset <= n_train:
+        raise TLDRError(f"--subset must be between 1 and {n_train} (the {args.dataset} train split), got {args.subset}")
+
+
+def classifier_dir(out_dir, dataset, subset, seed):
+    """Where train_classifier.py puts the classifier for these settings by default."""
+    return os.path.join(out_dir, f"classifier-{dataset}-{subset or 'full'}-seed{seed}")
+
+
+def prepare_run_dir(run_dir, finished_file, args):
+    """Make `run_dir`; refuse to touch a finished run unless --resume or --overwrite.
+    Returns True when the run is already finished and --resume was given."""
+    finished = os.path.exists(os.path.join(run_dir, finished_file))
+    if finished and not (args.resume or args.overwrite):
+        raise TLDRError(f"{run_dir} already holds a finished run; pass --resume to keep it "
+                        "or --overwrite to train again")
+    if os.path.isdir(run_dir) and os.listdir(run_dir) and not (args.resume or args.overwrite or finished):
+        raise TLDRError(f"{run_dir} holds a stopped run; pass --resume to continue it or --overwrite to start again")
+    os.makedirs(run_dir, exist_ok=True)
+    save_json(vars(args) | {"command": " ".join(sys.argv)}, os.path.join(run_dir, "args.json"))
+    return finished and args.resume
