@@ -16,7 +16,6 @@ import argparse
 import os
 
 import torch
-from torchvision.utils import save_image
 
 import tldr
 import train_classifier
@@ -94,6 +93,9 @@ def get_classifier(args, device, log):
 def train_one(k, args, classifier, device, run_dir, log):
     """Train (or resume, or just load) generator k; returns it."""
     _, channels, size, _ = tldr.DATASETS[args.dataset]
+    # Each generator its own seed, set before its weights are drawn: generator k starts the
+    # same whatever ran before it in this process (a classifier, generators 0..k-1, or none).
+    tldr.seed_everything(args.seed * 1000 + k)
     gen = tldr.Generator(conditioning=args.conditioning, channels=channels, image_size=size,
                          latent_dim=args.latent_dim, width=args.width, dropout=args.dropout).to(device)
     path = os.path.join(run_dir, f"generator{k}.pt")
@@ -106,8 +108,6 @@ def train_one(k, args, classifier, device, run_dir, log):
             if state[key] != meta[key]:
                 raise tldr.TLDRError(f"{path}: was started with {key}={state[key]}, not {meta[key]}; use --overwrite")
         log(f"generator {k}: resuming at step {state['step']}/{args.steps}")
-    else:
-        tldr.seed_everything(args.seed * 1000 + k)  # each generator its own seed
     weights = {name: getattr(args, name) for name in DEFAULTS}
     state = tldr.train_generator(
         gen, classifier, reconstruct=args.reconstruct, steps=args.steps, batch_size=args.batch_size,
@@ -118,9 +118,17 @@ def train_one(k, args, classifier, device, run_dir, log):
     return gen, state["terms"]
 
 
+def train_examples(args, subset_indices):
+    """One training image of each class from the classifier's own subset (blank if it has none)."""
+    x, y = tldr.load_split(args.dataset, args.data_root, train=True)
+    x, y = x[subset_indices], y[subset_indices]
+    return torch.stack([x[y == c][0] if (y == c).any() else torch.zeros_like(x[0]) for c in range(tldr.NUM_CLASSES)])
+
+
 def save_grid(images, labels, generator_ids, k, path, train_images=None, per_generator=4):
     """Rows = classes; `per_generator` columns from each generator; then, if given,
     a last column with one training image of that class (reconstruction)."""
+    from torchvision.utils import save_image  # imported here, as in tldr.load_split, so errors come fast
     rows = []
     for c in range(tldr.NUM_CLASSES):
         row = [images[(labels == c) & (generator_ids == g)][:per_generator] for g in range(k)]
@@ -137,10 +145,12 @@ def run(args, log=print):
     mode = "reconstruct" if args.reconstruct else "invert"
     run_dir = args.run_dir or os.path.join(
         args.out_dir, f"{mode}-{args.dataset}-{args.subset or 'full'}-{args.conditioning}-seed{args.seed}")
+    classifier, clf_ckpt = get_classifier(args, device, log)  # a bad --classifier changes no run folder
     if tldr.prepare_run_dir(run_dir, "metrics.json", args):
         log(f"{run_dir} is already finished; nothing to resume")
         return run_dir
-    classifier, clf_ckpt = get_classifier(args, device, log)
+    # The grid's last column in reconstruction; read now, so missing data fails before training.
+    train_column = train_examples(args, clf_ckpt["subset_indices"]) if args.reconstruct else None
     log(f"{mode}: {args.generators} {args.conditioning} generator(s) x {args.steps} steps on {device}, into {run_dir}")
 
     images, labels, gen_ids, terms = [], [], [], []
@@ -150,13 +160,6 @@ def run(args, log=print):
         images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k)), terms.append(last)
     images, labels, gen_ids = torch.cat(images), torch.cat(labels), torch.cat(gen_ids)
     tldr.save_pt({"images": images, "labels": labels, "generator": gen_ids}, os.path.join(run_dir, "samples.pt"))
-
-    train_column = None
-    if args.reconstruct:  # one training image of each class, from the classifier's own subset
-        train_x, train_y = tldr.load_split(args.dataset, args.data_root, train=True)
-        idx = clf_ckpt["subset_indices"]
-        train_x, train_y = train_x[idx], train_y[idx]
-        train_column = torch.stack([train_x[train_y == c][0] for c in range(tldr.NUM_CLASSES)])
     save_grid(images, labels, gen_ids, args.generators, os.path.join(run_dir, "grid.png"), train_column)
 
     acc, conf = tldr.evaluate(classifier, images, labels, device)

@@ -29,7 +29,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 
 import torch
@@ -374,6 +373,7 @@ class Stop:
     requested = False
 
     def __enter__(self):
+        Stop.requested = False
         self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
@@ -557,9 +557,8 @@ def seed_everything(seed):
 def atomic_write(path, write):
     """Write through `write(tmp_path)` to a temporary file beside `path`, then rename:
     a crash or Ctrl-C never leaves a half-written file under the final name."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path), suffix=".tmp")
-    os.close(fd)
+    # Not tempfile.mkstemp: its files are private (mode 0600), and outputs should be shareable.
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -584,15 +583,18 @@ def load_checkpoint(path, kind):
     """Load a checkpoint as data only (weights_only=True: no code runs), check its kind."""
     if not os.path.isfile(path):
         raise TLDRError(f"{path}: no such file")
+    import warnings
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about some foreign pickles; the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            why = "it holds Python objects beyond tensors and plain data (a pickle that could run code); refusing to load it"
-        else:
-            why = f"not a readable checkpoint (truncated or corrupt?): {first[:120]}"
-        raise TLDRError(f"{path}: {why}")
+        if "GLOBAL " in str(e):  # the pickle names a function or class to call: loading it would run code
+            name = str(e).split("GLOBAL ")[1].split()[0]
+            raise TLDRError(f"{path}: refusing to load it: it would run Python code ({name}), "
+                            "a checkpoint holds only tensors and plain data")
+        raise TLDRError(f"{path}: not a readable checkpoint (truncated, corrupt or not written by "
+                        f"torch.save: {type(e).__name__})")
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise TLDRError(f"{path}: not a TLDR checkpoint")
     if ckpt["kind"] != kind:
@@ -607,6 +609,9 @@ def run_script(main):
         main()
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop: nothing half-written to keep
+        print("interrupted; continue with --resume", file=sys.stderr)
         sys.exit(130)
     except TLDRError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -637,8 +642,9 @@ def add_common_flags(parser):
                         help="auto = cuda, else mps, else cpu")
     parser.add_argument("--seed", type=int, default=1, help="seeds the subset, the weights and every sample")
     parser.add_argument("--out-dir", default="runs", help="run folders are made under this folder")
-    parser.add_argument("--resume", action="store_true", help="continue a stopped run from its folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run's folder contents")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue a stopped run from its folder")
+    again.add_argument("--overwrite", action="store_true", help="replace a finished or stopped run's checkpoints")
     return parser
 
 
@@ -660,8 +666,15 @@ def prepare_run_dir(run_dir, finished_file, args):
     if finished and not (args.resume or args.overwrite):
         raise TLDRError(f"{run_dir} already holds a finished run; pass --resume to keep it "
                         "or --overwrite to train again")
-    if os.path.isdir(run_dir) and os.listdir(run_dir) and not (args.resume or args.overwrite or finished):
+    files = set(os.listdir(run_dir)) - {"args.json"} if os.path.isdir(run_dir) else set()
+    if files and not (args.resume or args.overwrite or finished):
         raise TLDRError(f"{run_dir} holds a stopped run; pass --resume to continue it or --overwrite to start again")
+    if args.overwrite:  # so that a replacement, if stopped, neither looks finished nor resumes old checkpoints
+        for f in files:
+            if f == finished_file or f.endswith(".pt"):
+                os.remove(os.path.join(run_dir, f))
     os.makedirs(run_dir, exist_ok=True)
-    save_json(vars(args) | {"command": " ".join(sys.argv)}, os.path.join(run_dir, "args.json"))
+    args_path = os.path.join(run_dir, "args.json")
+    if not (args.resume and os.path.exists(args_path)):  # a resumed run keeps the settings it started with
+        save_json(vars(args) | {"command": " ".join(sys.argv)}, args_path)
     return finished and args.resume
