@@ -1,0 +1,174 @@
+"""Each script end to end, run as a user runs it (a subprocess), on tiny datasets in the
+real formats; the checks are on what the scripts wrote and said. Runs that must fail
+early run in this process, as __main__ all the same, to save the start-up time."""
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+import tldr
+from conftest import N_TRAIN, one_line_error, run_in_process, run_script
+
+SUBSET = 100
+TINY_CLASSIFIER = ["--epochs", 3, "--batch-size", 32, "--width", 8, "--hidden", 32]
+TINY_GENERATORS = ["--steps", 3, "--generators", 2, "--batch-size", 8, "--width", 8, "--latent-dim", 8,
+                   "--log-every", 1]
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def classifier(data_root, out_dir):
+    """classifier(dataset, seed=1) -> path of a tiny classifier.pt, trained once per module."""
+    done = {}
+
+    def get(dataset, seed=1):
+        if (dataset, seed) not in done:
+            p = run_script("train_classifier.py", "--dataset", dataset, "--subset", SUBSET, "--seed", seed,
+                           "--data-root", data_root, "--out-dir", out_dir, *TINY_CLASSIFIER)
+            assert p.returncode == 0, p.stderr
+            done[dataset, seed] = os.path.join(tldr.classifier_dir(out_dir, dataset, SUBSET, seed), "classifier.pt")
+        return done[dataset, seed]
+    return get
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fmnist", "svhn", "cifar10"])
+def test_train_classifier(dataset, classifier):
+    path = classifier(dataset)
+    ckpt = load(path)
+    assert {"model", "config", "dataset", "seed", "subset_indices", "test_accuracy"} <= ckpt.keys()
+    assert ckpt["kind"] == "classifier" and ckpt["dataset"] == dataset and ckpt["seed"] == 1
+    assert ckpt["epoch"] == ckpt["epochs"] == 3
+    _, channels, size, _ = tldr.DATASETS[dataset]
+    assert (ckpt["config"]["channels"], ckpt["config"]["image_size"]) == (channels, size)
+    idx = ckpt["subset_indices"]
+    assert idx.dtype == torch.long and idx.shape == (SUBSET,)
+    assert 0 <= idx.min() and idx.max() < N_TRAIN and len(idx.unique()) == SUBSET
+    # The fake classes are easy: well above chance (0.1) after 3 epochs on 100 images.
+    assert 0.5 < ckpt["test_accuracy"] <= 1
+    folder = os.path.dirname(path)
+    metrics = json.load(open(os.path.join(folder, "metrics.json")))
+    assert metrics["test_accuracy"] == ckpt["test_accuracy"] and metrics["subset"] == SUBSET
+    assert json.load(open(os.path.join(folder, "args.json")))["dataset"] == dataset
+    model = tldr.Classifier(**ckpt["config"])
+    model.load_state_dict(ckpt["model"])  # the file alone rebuilds the model
+
+
+def test_subset_depends_on_the_seed_alone(classifier):
+    seed1, seed2 = load(classifier("mnist", 1))["subset_indices"], load(classifier("mnist", 2))["subset_indices"]
+    assert not torch.equal(seed1, seed2)
+    assert torch.equal(seed1, load(classifier("fmnist", 1))["subset_indices"])  # same seed, same split size
+    assert torch.equal(seed1, tldr.draw_subset(N_TRAIN, SUBSET, 1))
+
+
+def check_run(run_dir, *, dataset, generators, per_class, reconstruct):
+    """What a finished invert/reconstruct run folder must hold."""
+    _, channels, size, _ = tldr.DATASETS[dataset]
+    samples = load(os.path.join(run_dir, "samples.pt"))
+    k = tldr.NUM_CLASSES * per_class * generators
+    images, labels, gen = samples["images"], samples["labels"], samples["generator"]
+    assert images.dtype == torch.float32 and images.shape == (k, channels, size, size)
+    assert 0 <= images.min() and images.max() <= 1
+    assert labels.dtype == gen.dtype == torch.long and labels.shape == gen.shape == (k,)
+    assert labels.bincount().tolist() == [per_class * generators] * tldr.NUM_CLASSES
+    assert gen.bincount().tolist() == [tldr.NUM_CLASSES * per_class] * generators
+
+    # grid.png: a row per class; per generator min(4, per_class) columns; + a training image
+    columns = generators * min(4, per_class) + reconstruct
+    assert Image.open(os.path.join(run_dir, "grid.png")).size == (columns * (size + 2) + 2, 10 * (size + 2) + 2)
+
+    for i in range(generators):
+        ckpt = tldr.load_checkpoint(os.path.join(run_dir, f"generator{i}.pt"), "generator")
+        assert ckpt["step"] == ckpt["steps"] == 3 and ckpt["index"] == i and ckpt["reconstruct"] == reconstruct
+        tldr.Generator(**ckpt["config"]).load_state_dict(ckpt["model"])
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["confidence"] <= 1
+    n_terms = 9 if reconstruct else 4
+    assert [len(t) for t in metrics["final_terms"]] == [n_terms] * generators
+    assert json.load(open(os.path.join(run_dir, "args.json")))["reconstruct"] == reconstruct
+    assert not [f for f in os.listdir(run_dir) if f.endswith(".tmp")]
+
+
+def test_invert_trains_the_default_classifier_first(data_root, out_dir, classifier):
+    p = run_script("invert.py", "--dataset", "mnist", "--subset", SUBSET, "--data-root", data_root,
+                   "--out-dir", os.path.join(out_dir, "fresh"), *TINY_GENERATORS, "--samples-per-class", 2)
+    assert p.returncode == 0, p.stderr
+    assert "no trained classifier" in p.stdout and "training one first" in p.stdout
+    clf = load(os.path.join(tldr.classifier_dir(os.path.join(out_dir, "fresh"), "mnist", SUBSET, 1), "classifier.pt"))
+    assert torch.equal(clf["subset_indices"], load(classifier("mnist"))["subset_indices"])
+    run_dir = os.path.join(out_dir, "fresh", f"invert-mnist-{SUBSET}-vector-matrix-seed1")
+    check_run(run_dir, dataset="mnist", generators=2, per_class=2, reconstruct=False)
+
+
+@pytest.mark.parametrize("dataset,extra", [("mnist", ["--fast-grad-norm", "--conditioning", "label"]),
+                                           ("cifar10", ["--conditioning", "matrix"])])
+def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
+    run_dir = os.path.join(out_dir, f"reconstruct-{dataset}")
+    p = run_script("reconstruct.py", "--dataset", dataset, "--subset", SUBSET, "--data-root", data_root,
+                   "--classifier", classifier(dataset), "--run-dir", run_dir, *TINY_GENERATORS,
+                   "--samples-per-class", 4, *extra)
+    assert p.returncode == 0, p.stderr
+    assert "generator 1: step 3/3 | kl " in p.stdout and " grad " in p.stdout
+    check_run(run_dir, dataset=dataset, generators=2, per_class=4, reconstruct=True)
+
+
+@pytest.mark.parametrize("script,args,needles", [
+    ("train_classifier.py", ["--dataset", "imagenet"], ["--dataset", "imagenet", "mnist"]),
+    ("reconstruct.py", ["--conditioning", "onehot"], ["--conditioning", "onehot", "vector-matrix"]),
+    ("train_classifier.py", ["--subset", 0], ["--subset", "60000", "got 0"]),
+    ("invert.py", ["--subset", -5], ["--subset", "60000", "got -5"]),
+    ("train_classifier.py", ["--subset", 60001], ["--subset", "60000", "got 60001"]),
+    ("invert.py", ["--steps", 0], ["--steps"]),
+    ("train_classifier.py", ["--resume", "--overwrite"], ["--resume", "--overwrite"]),
+])
+def test_bad_arguments(script, args, needles, tmp_path):
+    one_line_error(run_in_process(script, "--out-dir", tmp_path, *args), *needles)
+    assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_missing_data_without_internet(tmp_path):
+    root = str(tmp_path / "no-data")
+    p = run_in_process("train_classifier.py", "--data-root", root, "--out-dir", tmp_path / "runs")
+    one_line_error(p, root, "--data-root")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_device(tmp_path):
+    one_line_error(run_in_process("train_classifier.py", "--device", "cuda", "--out-dir", tmp_path), "cuda")
+
+
+def test_classifier_for_another_dataset(data_root, tmp_path, classifier):
+    path = classifier("mnist")
+    p = run_script("invert.py", "--dataset", "fmnist", "--classifier", path, "--data-root", data_root,
+                   "--out-dir", tmp_path, *TINY_GENERATORS)
+    one_line_error(p, path, "mnist", "fmnist")
+    assert not os.listdir(tmp_path)
+
+
+def test_classifier_for_another_image_size(data_root, tmp_path, classifier):
+    ckpt = load(classifier("mnist"))
+    ckpt["config"]["image_size"] = 32
+    path = str(tmp_path / "classifier32.pt")
+    torch.save(ckpt, path)
+    p = run_in_process("invert.py", "--classifier", path, "--data-root", data_root, "--out-dir", tmp_path / "runs",
+                   *TINY_GENERATORS)
+    one_line_error(p, path, "1x32", "1x28")
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(data_root, tmp_path, classifier):
+    run_dir = str(tmp_path / "run")
+    p = run_script("invert.py", "--classifier", classifier("mnist"), "--data-root", data_root, "--run-dir", run_dir,
+                   *TINY_GENERATORS, "--checkpoint-every", 1, "--lr", 1e30)
+    one_line_error(p, "loss term '", "non-finite at step 2", "checkpoint is kept")
+    ckpt = tldr.load_checkpoint(os.path.join(run_dir, "generator0.pt"), "generator")
+    assert ckpt["step"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
