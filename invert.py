@@ -43,7 +43,7 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the generator")
     p.add_argument("--latent-dim", type=int, default=64, help="size of the latent vector z")
     p.add_argument("--width", type=int, default=64, help="generator width (channels of its last hidden layer)")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout after each generator up-convolution")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout in the generator layers before the matrix (up to N x N)")
     for name, (inv, rec) in DEFAULTS.items():
         p.add_argument("--" + name.replace("_", "-"), type=float, default=rec if reconstruct else inv, help=HELP[name])
     p.add_argument("--epsilon", type=float, default=0.1,
@@ -60,6 +60,8 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     for flag in ("generators", "steps", "batch_size", "samples_per_class", "checkpoint_every", "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.batch_size < 2:  # L_Cosine averages over pairs of images
+        p.error("--batch-size must be at least 2")
     return args
 
 

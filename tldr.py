@@ -17,7 +17,9 @@ The file follows the paper's section 3, top to bottom:
                         L_Grad = ||grad_theta L(f_theta(I), y)|| per image (torch.func),
                         plus an exact faster path checked against it
   4.   Training loops   the classifier; a generator (inversion or reconstruction)
-  5.   Plumbing         devices, seeds, checkpoints, errors shared by the three scripts
+  5.   Evaluation       SSIM nearest neighbours in the training subset vs a held-out set;
+                        the three premises: confidence, input and weight gradient norms
+  6.   Plumbing         devices, seeds, checkpoints, errors shared by the three scripts
 
 Shapes: B = batch, C = channels, H = W = image side, N = number of classes (10).
 Every place this code departs from the paper, or decides what the paper leaves open,
@@ -64,8 +66,8 @@ def load_split(name, root, train):
     except Exception as e:
         raise TLDRError(
             f"could not load {name} from '{root}' and could not download it ({type(e).__name__}); "
-            f"put the official files under '{os.path.join(root, cls.__name__)}' "
-            f"(or '{root}' for svhn/cifar10) or pass --data-root to a folder that has them")
+            f"put the official files under '{os.path.join(root, cls.__name__, 'raw') if name in ('mnist', 'fmnist') else root}' "
+            f"or pass --data-root to a folder that has them")
     data = torch.as_tensor(ds.data)
     labels = torch.as_tensor(ds.labels if name == "svhn" else ds.targets).long()
     if data.dim() == 3:  # MNIST-like: [n, H, W] -> [n, 1, H, W]
@@ -173,15 +175,16 @@ class Generator(nn.Module):
         self.embed = nn.Embedding(n, n) if conditioning == "label" else None
         vec_dim = 0 if conditioning == "matrix" else n
         mat_dim = 1 if conditioning in ("matrix", "vector-matrix") else 0
-        # Choice: BN + leaky ReLU + dropout after every up-convolution (the paper credits
-        # dropout for diversity); no squashing at the end, so L_Pix has something to do.
+        # Choice: BN + leaky ReLU after every up-convolution, dropout (which the paper
+        # credits for diversity) only in the layers before the matrix: dropout right
+        # before the output layer shows up as per-pixel speckle. No squashing at the
+        # end, so that L_Pix has something to do.
         def up(c_in, c_out, k, s, p):
-            return [nn.ConvTranspose2d(c_in, c_out, k, s, p), nn.BatchNorm2d(c_out),
-                    nn.LeakyReLU(0.2), nn.Dropout(dropout)]
+            return [nn.ConvTranspose2d(c_in, c_out, k, s, p), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
         self.to_matrix_size = nn.Sequential(
             nn.Unflatten(1, (latent_dim + vec_dim, 1, 1)),
-            *up(latent_dim + vec_dim, 4 * width, n // 2, 1, 0),  # [B, 4w, N/2, N/2] = 5x5
-            *up(4 * width, 2 * width, 4, 2, 1))                  # [B, 2w, N, N]     = 10x10
+            *up(latent_dim + vec_dim, 4 * width, n // 2, 1, 0), nn.Dropout(dropout),  # [B, 4w, N/2, N/2] = 5x5
+            *up(4 * width, 2 * width, 4, 2, 1), nn.Dropout(dropout))                  # [B, 2w, N, N]     = 10x10
         half = image_size // 2
         self.to_image = nn.Sequential(
             *up(2 * width + mat_dim, width, half - n + 1, 1, 0),  # [B, w, H/2, W/2]: 14 or 16
@@ -267,6 +270,10 @@ def pix_loss(images):
 # L = cross-entropy and the classifier in eval mode. Three ways to compute it follow:
 # a plain loop (the definition), torch.func (the reference used by default) and an
 # exact faster path. Tests check all three agree, values and image gradients.
+# Choice: the norm is sqrt(||g||^2 + 1e-12), not sqrt(||g||^2): when the softmax
+# saturates (an image far outside [0, 1] early in training) g is exactly 0, and the
+# derivative of sqrt at 0 is infinite, which turns the generator's weights into NaN.
+TINY = 1e-12
 
 def grad_norms_loop(classifier, images, labels):
     """Naive: one autograd.grad call per image. [B] norms, differentiable w.r.t. images."""
@@ -275,7 +282,7 @@ def grad_norms_loop(classifier, images, labels):
     for x, y in zip(images, labels):
         loss = F.cross_entropy(classifier(x[None])[0], y[None])
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        norms.append(torch.sqrt(sum((g ** 2).sum() for g in grads)))
+        norms.append(torch.sqrt(sum((g ** 2).sum() for g in grads) + TINY))
     return torch.stack(norms)
 
 
@@ -295,8 +302,8 @@ def grad_norms(classifier, images, labels, chunk_size=None):
     # in_dims: params shared (None); image and label batched along dim 0.
     per_image = vmap(grad(one_image_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)
     grads = per_image(params, images, labels)  # {name: [B, *param.shape]}
-    sq = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())  # [B]
-    return sq.sqrt()
+    sq = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())  # [B]: ||g_i||^2
+    return (sq + TINY).sqrt()
 
 
 def grad_norms_fast(classifier, images, labels):
@@ -336,7 +343,7 @@ def grad_norms_fast(classifier, images, labels):
         else:  # BatchNorm2d in eval: xhat = (a - running_mean) / sqrt(running_var + eps)
             xhat = (a - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps)
             sq = sq + (delta * xhat).sum((2, 3)).pow(2).sum(1) + delta.sum((2, 3)).pow(2).sum(1)
-    return sq.sqrt()
+    return (sq + TINY).sqrt()
 
 
 def reconstruction_losses(classifier, images, labels, p, epsilon, grad_method="func"):
@@ -533,7 +540,201 @@ def sample(generator, per_class, hot, device, batch_size=500):
 
 
 # ---------------------------------------------------------------------------------
-# 5. Plumbing shared by the scripts
+# 5. Evaluation: what the paper shows in pictures, as numbers
+# ---------------------------------------------------------------------------------
+# Two questions about a trained generator and its classifier:
+#   Training-likeness  is each generated image closer (by SSIM, same class) to the
+#                      classifier's training subset (a) than to held-out images of the
+#                      same train split, never seen in training (b)?
+#   Premises           on given images: mean confidence P(y|x), input-gradient norm,
+#                      weight-gradient norm (the three things L_Recon asks for).
+
+def ssim(x, y):
+    """Mean SSIM of image pairs: x, y [B, C, H, W] in [0, 1] (broadcastable) -> [B].
+
+    Wang et al. 2004 with its standard settings, the same as pytorch-msssim and as
+    skimage's structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1): local statistics under an 11x11
+    Gaussian window (sigma 1.5), kept only where the window lies inside the image
+    ('valid': 18x18 positions for 28x28), SSIM averaged over positions, then channels.
+    Naive reference: the float64 loops in tests/test_evaluation.py.
+    """
+    x, y = torch.broadcast_tensors(x, y)
+    b, c, h, w = x.shape
+    # g[i] = exp(-(i - 5)^2 / (2 * 1.5^2)) / sum_j exp(-(j - 5)^2 / (2 * 1.5^2)),  i = 0..10
+    i = torch.arange(11, dtype=x.dtype, device=x.device) - 5
+    g = torch.exp(-i ** 2 / (2 * 1.5 ** 2))
+    g = g / g.sum()
+    # E_w[t] at each valid position (p, q) = sum_{u,v} g[u] g[v] t[p+u, q+v] = (G_H t G_W^T)[p, q],
+    # with G_n [n-10, n] banded, G_n[p, p+u] = g[u]: the window g g^T is separable.
+    # Choice: matrix products, not F.conv2d: about 4x faster on a CPU for 28x28 images.
+    def band(n):
+        rows = torch.arange(n - 10, device=x.device)[:, None]
+        m = torch.zeros(n - 10, n, dtype=x.dtype, device=x.device)
+        m[rows, rows + torch.arange(11, device=x.device)] = g
+        return m
+    maps = torch.stack([x, y, x * x, y * y, x * y])  # [5, B, C, H, W], each channel on its own
+    mu_x, mu_y, e_xx, e_yy, e_xy = band(h) @ maps @ band(w).T  # each [B, C, H-10, W-10]
+    # sigma_x^2 = E_w[x^2] - mu_x^2,  sigma_xy = E_w[xy] - mu_x mu_y   (weights sum to 1: divide by N, not N - 1)
+    var_x, var_y, cov = e_xx - mu_x ** 2, e_yy - mu_y ** 2, e_xy - mu_x * mu_y
+    # C1 = (K1 L)^2, C2 = (K2 L)^2 with K1 = 0.01, K2 = 0.03 and data range L = 1
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    # SSIM(x, y) = ((2 mu_x mu_y + C1)(2 sigma_xy + C2)) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return s.mean((2, 3)).mean(1)  # [B, C, H-10, W-10] -> [B]
+
+
+def heldout_indices(labels, subset_indices, seed):
+    """Indices of a held-out set for the training subset: as many images of each class
+    as the subset has, drawn from the rest of the same train split. Sorted.
+
+    labels [n] are the whole train split's. Never overlaps `subset_indices`; the same
+    `seed` gives the same set. Choice: like draw_subset, its own torch.Generator, so
+    it depends on the seed alone; classes are drawn in order 0..N-1.
+    """
+    g = torch.Generator().manual_seed(seed)
+    outside = torch.ones(len(labels), dtype=torch.bool)
+    outside[subset_indices] = False
+    counts = torch.bincount(labels[subset_indices], minlength=NUM_CLASSES)  # [N]
+    picked = []
+    for c in range(NUM_CLASSES):
+        pool = (outside & (labels == c)).nonzero().squeeze(1)  # class c, not in the subset
+        if len(pool) < counts[c]:
+            raise TLDRError(f"no held-out set: the training subset has {counts[c]} images of class {c} "
+                            f"and only {len(pool)} are left outside it; use a smaller --subset")
+        picked.append(pool[torch.randperm(len(pool), generator=g)[:counts[c]]])
+    return torch.cat(picked).sort().values
+
+
+def nearest(gen, gen_labels, ref, ref_labels, top_k=50, max_pairs=4096):
+    """Each generated image's `top_k` most pixel-correlated reference images of its own
+    class, re-ranked by SSIM.
+
+    gen [G, C, H, W], gen_labels [G], ref [R, C, H, W], ref_labels [R], all in [0, 1].
+    Returns (ssim [G, top_k], index [G, top_k] into ref), best first, so column 0 is
+    the nearest neighbour. Where a class has fewer than top_k references, the row ends
+    in SSIM -inf, index -1. At most `max_pairs` SSIMs are computed at a time, which
+    bounds memory (about 250 MB at 28x28) whatever G and R are.
+
+    Choice: a prefilter, because SSIM on every same-class pair (18 million for 3,000
+    images against a 60,000 subset) takes about 25 minutes on 2 CPU cores. The Pearson
+    correlation of the flattened images
+      r(x, y) = <x - mean(x), y - mean(y)> / (||x - mean(x)|| ||y - mean(y)||)
+    is one matrix product per class; SSIM is then computed on the top_k candidates
+    only (20 seconds). With top_k >= the class size it is exact (tested); on MNIST,
+    top_k = 50 found the same nearest neighbour as all pairs for every image checked.
+    """
+    def centred_unit(images):  # [n, C, H, W] -> [n, C*H*W], rows centred, unit length
+        v = images.flatten(1)
+        return F.normalize(v - v.mean(1, keepdim=True), dim=1)
+
+    best_ssim = torch.full((len(gen), top_k), float("-inf"), device=gen.device)
+    best_index = torch.full((len(gen), top_k), -1, dtype=torch.long, device=gen.device)
+    for c in gen_labels.unique().tolist():
+        rows = (gen_labels == c).nonzero().squeeze(1)  # [G_c] generated images of class c
+        refs = (ref_labels == c).nonzero().squeeze(1)  # [R_c] references of class c
+        if len(refs) == 0:
+            raise TLDRError(f"no reference image of class {c} to compare generated images with")
+        k = min(top_k, len(refs))
+        ref_unit = centred_unit(ref[refs])  # [R_c, D]
+        for part in rows.split(max(1, max_pairs // k)):  # [g] at a time, g * k <= max_pairs
+            r = centred_unit(gen[part]) @ ref_unit.T  # [g, R_c]: r(x_i, y_j)
+            cand = refs[r.topk(k, dim=1).indices]     # [g, k] indices into ref
+            s = ssim(gen[part].repeat_interleave(k, 0), ref[cand.flatten()])  # [g*k]: pair (i, j) at i*k + j
+            s, order = s.view(len(part), k).sort(1, descending=True)
+            best_ssim[part, :k] = s
+            best_index[part, :k] = cand.gather(1, order)
+    return best_ssim, best_index
+
+
+def one_to_one_matches(ssims, indices, threshold=0.4):
+    """How many distinct reference images can be matched one-to-one to generated
+    images at SSIM >= threshold: the size of a maximum matching in the bipartite graph
+    with an edge (generated i, reference j) for each candidate pair of nearest() with
+    SSIM >= threshold. Each generated and each reference image is used at most once;
+    classes never mix, since nearest() only pairs images of the same class.
+
+    ssims, indices [G, k] from nearest(). Only its top_k candidates are edges.
+    Choice: a maximum matching (Kuhn's augmenting paths), not a greedy one: the greedy
+    count depends on the order pairs are taken in and can be lower (tested).
+    """
+    edges = [[j for s, j in zip(s_row, j_row) if s >= threshold]
+             for s_row, j_row in zip(ssims.tolist(), indices.tolist())]
+    owner = {}  # reference j -> the generated image matched to it
+
+    def augment(i, seen):  # find i a reference: a free one, or one whose owner can move
+        for j in edges[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in owner or augment(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * len(edges) + 100))  # paths can be G long
+    return sum(augment(i, set()) for i in range(len(edges)))
+
+
+def training_likeness(gen, gen_labels, train, train_labels, held, held_labels, top_k=50):
+    """Do generated images look like the classifier's training subset (a) more than like
+    held-out images of the same train split (b)? Use heldout_indices() for (b).
+
+    Returns a dict:
+      ssim_train, ssim_heldout   mean over generated images of the SSIM to the nearest
+                                 same-class image of (a), of (b)
+      win_rate                   fraction of generated images whose match in (a) beats
+                                 their match in (b); ties count half. 0.5 = no leak
+      matched_train_040          one_to_one_matches() at SSIM >= 0.4 into (a): the
+                                 criterion used in related work
+      matched_heldout_040        the same into (b): what the count is without any leak
+      nearest_train, nearest_heldout   [G] indices into train, held (for nearest.png)
+    """
+    s_a, i_a = nearest(gen, gen_labels, train, train_labels, top_k)  # [G, k]
+    s_b, i_b = nearest(gen, gen_labels, held, held_labels, top_k)
+    a, b = s_a[:, 0], s_b[:, 0]  # [G] nearest-neighbour SSIMs
+    # win rate = 1/G * sum_i ([a_i > b_i] + 1/2 [a_i = b_i])
+    win = ((a > b).double() + 0.5 * (a == b).double()).mean()
+    return {"ssim_train": a.mean().item(), "ssim_heldout": b.mean().item(), "win_rate": win.item(),
+            "matched_train_040": one_to_one_matches(s_a, i_a, 0.4),
+            "matched_heldout_040": one_to_one_matches(s_b, i_b, 0.4),
+            "nearest_train": i_a[:, 0], "nearest_heldout": i_b[:, 0]}
+
+
+def premises(classifier, images, labels, batch_size=100):
+    """The paper's three premises, for `classifier` (eval mode) on (images, labels):
+    means over the images of
+      confidence        P(y|x) = softmax(f(x))_y,  f(x) = the logits
+      input_grad_norm   ||d L(f(x), y) / dx||,  x the [0, 1] image, all pixels and channels
+      weight_grad_norm  ||grad_theta L(f(x), y)||,  grad_norms(): the same code as L_Grad
+    with L = cross-entropy = -log P(y|x).
+
+    Choice: the input gradient is that of the loss -log P(y|x), the same L as the
+    weight gradient (and as L_Grad). The gradient of P(y|x) itself,
+    P(y|x) * d log P(y|x)/dx, shrinks as the confidence nears 1 and would largely
+    measure confidence again.
+    """
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    totals = {"confidence": 0.0, "input_grad_norm": 0.0, "weight_grad_norm": 0.0}
+    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+        x, y = x.to(device).requires_grad_(True), y.to(device)
+        loss = F.cross_entropy(classifier(x)[0], y, reduction="none")  # [B]: L_i = -log P(y_i|x_i)
+        # In eval mode the images do not interact, so row i of d(sum_j L_j)/dx is dL_i/dx_i.
+        (dx,) = torch.autograd.grad(loss.sum(), x)  # [B, C, H, W]
+        totals["confidence"] += loss.detach().neg().exp().sum().item()  # P(y|x) = exp(-L)
+        totals["input_grad_norm"] += dx.flatten(1).norm(dim=1).sum().item()
+        totals["weight_grad_norm"] += grad_norms(classifier, x.detach(), y).detach().sum().item()
+    return {name: total / len(labels) for name, total in totals.items()}
+
+
+def nearest_grid(gen, train, held, result):
+    """Images for nearest.png: each generated image followed by its nearest training and
+    nearest held-out image. [3G, C, H, W]; save_image(grid, nrow=3 * k) puts k triples a row."""
+    triples = [gen, train[result["nearest_train"]], held[result["nearest_heldout"]]]
+    return torch.stack(triples, 1).flatten(0, 1)
+
+
+# ---------------------------------------------------------------------------------
+# 6. Plumbing shared by the scripts
 # ---------------------------------------------------------------------------------
 
 def pick_device(name):

@@ -499,3 +499,17 @@ def test_weighted_sum_picks_one_term(recon_setup):
     for name, weight_name in tldr.TERMS.items():
         weights = {w: 0.0 for w in tldr.TERMS.values()} | {weight_name: 2.5}
         assert_close(tldr.weighted_sum(terms, weights), 2.5 * terms[name])
+
+
+def test_grad_norm_of_a_saturated_classifier_has_finite_image_gradients():
+    # Images far outside [0, 1] saturate the softmax: the loss and every weight gradient
+    # are exactly 0, and d sqrt(s)/ds at s = 0 is infinite. The 1e-12 under the square
+    # root keeps the generator's gradient finite (it was NaN without it).
+    torch.manual_seed(0)
+    clf = tldr.Classifier(channels=1, image_size=28).eval().requires_grad_(False)
+    x = (1e4 * torch.randn(3, 1, 28, 28)).requires_grad_(True)
+    y = clf(x)[0].argmax(1)
+    assert (F.cross_entropy(clf(x)[0], y, reduction="none") == 0).all()
+    for norms in (tldr.grad_norms, tldr.grad_norms_fast):
+        (g,) = torch.autograd.grad(norms(clf, x, y).sum(), x)
+        assert torch.isfinite(g).all()
