@@ -14,6 +14,7 @@ The file follows the paper's section 3, top to bottom:
   3.3  Inversion        L_Inv = alpha*L_KL + beta*L_CE + gamma*L_Cosine + delta*L_Ortho
   3.4  Reconstruction   L_Recon = L_Inv + alpha'*L_KL^pert + beta'*L_CE^pert
                                   + eta1*L_Var + eta2*L_Pix + eta3*L_Grad
+                                  (+ eta_bn*L_BN: a deviation, batch-norm statistics)
                         L_Grad = ||grad_theta L(f_theta(I), y)|| per image (torch.func),
                         plus an exact faster path checked against it
   4.   Training loops   the classifier; a generator (inversion or reconstruction)
@@ -128,6 +129,7 @@ class Classifier(nn.Module):
 # 3.2 Generator and its four conditionings
 # ---------------------------------------------------------------------------------
 CONDITIONINGS = ("label", "vector", "matrix", "vector-matrix")
+OUTPUTS = ("sigmoid", "linear")
 
 
 def sample_conditioning(labels, hot):
@@ -164,12 +166,15 @@ class Generator(nn.Module):
     vector-matrix: z ++ P up to N x N, then the matrix (same label) as an extra channel
     """
 
-    def __init__(self, *, conditioning, channels, image_size, latent_dim=64, width=64, dropout=0.2):
+    def __init__(self, *, conditioning, channels, image_size, latent_dim=64, width=64, dropout=0.2,
+                 output="sigmoid"):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise TLDRError(f"unknown conditioning '{conditioning}', expected one of {', '.join(CONDITIONINGS)}")
         self.config = dict(conditioning=conditioning, channels=channels, image_size=image_size,
-                           latent_dim=latent_dim, width=width, dropout=dropout)
+                           latent_dim=latent_dim, width=width, dropout=dropout, output=output)
+        if output not in OUTPUTS:
+            raise TLDRError(f"unknown generator output '{output}', expected one of {', '.join(OUTPUTS)}")
         self.conditioning = conditioning
         n = NUM_CLASSES
         self.embed = nn.Embedding(n, n) if conditioning == "label" else None
@@ -177,8 +182,11 @@ class Generator(nn.Module):
         mat_dim = 1 if conditioning in ("matrix", "vector-matrix") else 0
         # Choice: BN + leaky ReLU after every up-convolution, dropout (which the paper
         # credits for diversity) only in the layers before the matrix: dropout right
-        # before the output layer shows up as per-pixel speckle. No squashing at the
-        # end, so that L_Pix has something to do.
+        # before the output layer shows up as per-pixel speckle.
+        # Deviation: a sigmoid at the end (output="sigmoid", the default) keeps every
+        # pixel in [0, 1], so L_Pix is always 0. The paper's generator has no squashing and
+        # relies on L_Pix (output="linear"); its images then leave [0, 1] where the
+        # classifier still reads them, and come out noise-like (README, tuning table).
         def up(c_in, c_out, k, s, p):
             return [nn.ConvTranspose2d(c_in, c_out, k, s, p), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
         self.to_matrix_size = nn.Sequential(
@@ -189,6 +197,7 @@ class Generator(nn.Module):
         self.to_image = nn.Sequential(
             *up(2 * width + mat_dim, width, half - n + 1, 1, 0),  # [B, w, H/2, W/2]: 14 or 16
             nn.ConvTranspose2d(width, channels, 4, 2, 1))          # [B, C, H, W]:     28 or 32
+        self.squash = nn.Sigmoid() if output == "sigmoid" else nn.Identity()
 
     def forward(self, z, labels, p, matrix):
         """z [B, latent], labels [B], P [B, N], matrix [B, 1, N, N] -> images [B, C, H, W]."""
@@ -199,7 +208,7 @@ class Generator(nn.Module):
         h = self.to_matrix_size(z)  # [B, 2w, N, N]; for "matrix" still unconditioned here
         if self.conditioning in ("matrix", "vector-matrix"):
             h = torch.cat([h, matrix], 1)  # [B, 2w + 1, N, N]
-        return self.to_image(h)
+        return self.squash(self.to_image(h))
 
 
 # ---------------------------------------------------------------------------------
@@ -263,6 +272,26 @@ def pix_loss(images):
     # Deviation: the paper sums over the batch too; we divide by B so the weight eta2
     # does not depend on the batch size.
     return (F.relu(-images).sum() + F.relu(images - 1).sum()) / len(images)
+
+
+def bn_loss(classifier, images):
+    # L_BN = sum over the classifier's batch-norm layers l of
+    #        || mean_b(h_l) - mu_l ||_2 + || var_b(h_l) - sigma_l^2 ||_2
+    # h_l [B, C_l, H_l, W_l] = the input of layer l for the generated batch; mean_b and
+    # var_b are per channel over batch and positions; mu_l, sigma_l^2 = the layer's running
+    # statistics, i.e. the statistics of the classifier's own training data.
+    # Deviation: not in the paper. The batch-norm statistics are part of the shared
+    # weights, so asking generated batches to match them (DeepInversion, Yin et al. 2020)
+    # uses only what the paper's attacker has. Without it, and without the sigmoid output,
+    # reconstructions stay noise-like at CPU-sized budgets (README, tuning table).
+    h = (images - classifier.mean) / classifier.std  # the normalisation inside forward()
+    loss = images.new_zeros(())
+    for layer in classifier.conv:
+        if isinstance(layer, nn.BatchNorm2d):
+            mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)  # [C_l] each
+            loss = loss + (mean - layer.running_mean).norm() + (var - layer.running_var).norm()
+        h = layer(h)
+    return loss
 
 
 # L_Grad = || grad_theta L(f_theta(I), y) ||, one norm per generated image I, over all
@@ -354,6 +383,7 @@ def reconstruction_losses(classifier, images, labels, p, epsilon, grad_method="f
     terms["ce_pert"] = ce_loss(logits_pert, labels)
     terms["var"] = var_loss(images)
     terms["pix"] = pix_loss(images)
+    terms["bn"] = bn_loss(classifier, images)
     norms = grad_norms_fast(classifier, images, labels) if grad_method == "fast" else grad_norms(classifier, images, labels)
     terms["grad"] = norms.mean()  # Choice: the mean of the per-image norms over the batch
     return terms
@@ -361,12 +391,13 @@ def reconstruction_losses(classifier, images, labels, p, epsilon, grad_method="f
 
 # The weight of each term: alpha..delta for L_Inv; alpha', beta', eta1..3 added for L_Recon.
 TERMS = {"kl": "alpha", "ce": "beta", "cos": "gamma", "ortho": "delta", "kl_pert": "alpha_pert",
-         "ce_pert": "beta_pert", "var": "eta1", "pix": "eta2", "grad": "eta3"}
+         "ce_pert": "beta_pert", "var": "eta1", "pix": "eta2", "grad": "eta3", "bn": "eta_bn"}
 
 
 def weighted_sum(terms, weights):
     # L_Inv = alpha*L_KL + beta*L_CE + gamma*L_Cosine + delta*L_Ortho
     # L_Recon = L_Inv + alpha'*L_KL^pert + beta'*L_CE^pert + eta1*L_Var + eta2*L_Pix + eta3*L_Grad
+    #           + eta_bn*L_BN   (Deviation: L_BN is not in the paper; see bn_loss)
     return sum(weights[TERMS[name]] * value for name, value in terms.items())
 
 
@@ -697,6 +728,23 @@ def training_likeness(gen, gen_labels, train, train_labels, held, held_labels, t
             "matched_train_040": one_to_one_matches(s_a, i_a, 0.4),
             "matched_heldout_040": one_to_one_matches(s_b, i_b, 0.4),
             "nearest_train": i_a[:, 0], "nearest_heldout": i_b[:, 0]}
+
+
+def within_class_ssim(images, labels, per_class=20):
+    """Diversity: the mean SSIM between two different images of the same class, over the
+    first `per_class` images of each class present (all ordered pairs i != j). 1 = every
+    image of a class is the same; real MNIST / FashionMNIST training images score about
+    0.21 / 0.23. Lower is more diverse."""
+    means = []
+    for c in labels.unique().tolist():
+        x = images[labels == c][:per_class]  # [k, C, H, W]
+        k = len(x)
+        if k < 2:
+            continue
+        i, j = torch.cartesian_prod(torch.arange(k), torch.arange(k)).T  # all k*k ordered pairs
+        off = i != j
+        means.append(ssim(x[i[off]], x[j[off]]).mean())
+    return torch.stack(means).mean().item() if means else float("nan")
 
 
 def premises(classifier, images, labels, batch_size=100):

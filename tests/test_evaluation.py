@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tldr import (Classifier, TLDRError, grad_norms_loop, heldout_indices, nearest, nearest_grid,
-                  one_to_one_matches, premises, ssim, training_likeness)
+                  one_to_one_matches, premises, ssim, training_likeness, within_class_ssim)
 
 
 def ssim_loops(x, y):
@@ -153,3 +153,22 @@ def test_premises_match_a_per_image_computation():
     assert got["confidence"] == pytest.approx(torch.stack(conf).mean().item(), rel=1e-5)
     assert got["input_grad_norm"] == pytest.approx(torch.stack(in_norm).mean().item(), rel=1e-5)
     assert got["weight_grad_norm"] == pytest.approx(w_norm.mean().item(), rel=1e-5)
+
+
+def test_within_class_ssim_by_hand_and_reference():
+    a, b = torch.rand(2, 1, 16, 16, dtype=torch.float64)  # two [C, H, W] images
+    # one class of identical images scores 1; a class of two images scores SSIM(a, b)
+    same = torch.stack([a, a, a])
+    assert within_class_ssim(same, torch.zeros(3, dtype=torch.long)) == pytest.approx(1.0)
+    pair = torch.stack([a, b])
+    assert within_class_ssim(pair, torch.zeros(2, dtype=torch.long)) == pytest.approx(ssim(a[None], b[None]).item())
+    # two classes: the mean of the two class means; a class of one image is skipped
+    images = torch.cat([same, pair, a[None]])
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    expected = (1.0 + ssim(a[None], b[None]).item()) / 2
+    assert within_class_ssim(images, labels) == pytest.approx(expected)
+    # a loop over pairs, per_class = 2 keeps only the first two of each class
+    x = torch.rand(6, 1, 16, 16, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    loop = [sum(ssim(x[[i]], x[[j]]).item() for i in idx for j in idx if i != j) / 2 for idx in ([0, 2], [1, 3])]
+    assert within_class_ssim(x, y, per_class=2) == pytest.approx(sum(loop) / 2)

@@ -120,12 +120,31 @@ def ref_pix_paper(images):
     return total
 
 
+def ref_bn(clf, images):
+    # L_BN = sum_l ||mean_b(h_l) - mu_l|| + ||var_b(h_l) - sigma_l^2||, h_l read by forward hooks
+    # on the batch-norm layers during an ordinary forward pass (not by re-running the layers).
+    inputs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: inputs.append((m, i[0])))
+             for m in clf.modules() if isinstance(m, nn.BatchNorm2d)]
+    clf(images)
+    for h in hooks:
+        h.remove()
+    total = 0
+    for m, h in inputs:
+        n = h.shape[0] * h.shape[2] * h.shape[3]
+        mean = h.sum((0, 2, 3)) / n                                   # per channel
+        var = ((h - mean[None, :, None, None]) ** 2).sum((0, 2, 3)) / n  # biased, as batch norm
+        total = total + torch.sqrt(((mean - m.running_mean) ** 2).sum()) \
+            + torch.sqrt(((var - m.running_var) ** 2).sum())
+    return total
+
+
 def ref_weighted_sum(t, w):
     # L_Recon = alpha L_KL + alpha' L_KL^pert + beta L_CE + beta' L_CE^pert
-    #         + gamma L_Cosine + delta L_Ortho + eta1 L_Var + eta2 L_Pix + eta3 L_Grad
+    #         + gamma L_Cosine + delta L_Ortho + eta1 L_Var + eta2 L_Pix + eta3 L_Grad + eta_bn L_BN
     return (w["alpha"] * t["kl"] + w["alpha_pert"] * t["kl_pert"] + w["beta"] * t["ce"]
             + w["beta_pert"] * t["ce_pert"] + w["gamma"] * t["cos"] + w["delta"] * t["ortho"]
-            + w["eta1"] * t["var"] + w["eta2"] * t["pix"] + w["eta3"] * t["grad"])
+            + w["eta1"] * t["var"] + w["eta2"] * t["pix"] + w["eta3"] * t["grad"] + w["eta_bn"] * t["bn"])
 
 
 # ---------------------------------------------------------------------------------
@@ -245,6 +264,28 @@ def test_pix_by_hand_and_batch_mean():
     assert_close(tldr.pix_loss(torch.cat([img, img, img])), torch.tensor(2.5, dtype=torch.float64))
 
 
+def test_bn_matches_reference():
+    clf = float64_classifier(1, 28)
+    images = torch.rand(5, 1, 28, 28, dtype=torch.float64) * 1.2 - 0.1
+    check_against_reference(lambda x: tldr.bn_loss(clf, x), lambda x: ref_bn(clf, x), images)
+
+
+def test_bn_by_hand():
+    # A 4x4 one-channel classifier, width 1 (batch norms of 1 and 2 channels). Images equal
+    # to the normalisation mean are 0 after it, so each conv outputs its bias everywhere.
+    clf = tldr.Classifier(channels=1, image_size=4, width=1, hidden=2, mean=[0.3], std=[0.2]).double().eval()
+    conv1, bn1, conv2, bn2 = clf.conv[0], clf.conv[1], clf.conv[5], clf.conv[6]
+    with torch.no_grad():
+        conv1.bias.fill_(2.0)                                  # layer 1 input: all 2 -> mean 2, var 0
+        bn1.running_mean.fill_(0.5), bn1.running_var.fill_(3.0)
+        bn1.weight.fill_(0.0), bn1.bias.fill_(1.0)             # its output: all 1
+        conv2.weight.zero_(), conv2.bias.copy_(torch.tensor([1.0, -1.0]))  # layer 2: means (1, -1), var 0
+        bn2.running_mean.zero_(), bn2.running_var.fill_(1.0)
+    images = clf.mean.expand(3, 1, 4, 4)  # 0.3 as stored (float32 0.3 is not float64 0.3)
+    # |2 - 0.5| + |0 - 3| + ||(1, -1) - (0, 0)|| + ||(0, 0) - (1, 1)|| = 1.5 + 3 + sqrt(2) + sqrt(2)
+    assert_close(tldr.bn_loss(clf, images), torch.tensor(4.5 + 2 * math.sqrt(2), dtype=torch.float64))
+
+
 def test_weighted_sum_matches_reference():
     names = list(tldr.TERMS)
     weights = {tldr.TERMS[k]: float(w) for k, w in zip(names, torch.rand(len(names)) * 10)}
@@ -333,6 +374,23 @@ def test_generator_shapes(conditioning, channels, size):
     p, matrix = tldr.sample_conditioning(labels, hot=False)
     out = gen(torch.randn(3, gen.config["latent_dim"]), labels, p, matrix)
     assert out.shape == (3, channels, size, size)
+
+
+def test_generator_output_squashing():
+    z, labels = torch.randn(8, 64), torch.arange(8)
+    p, matrix = tldr.sample_conditioning(labels, hot=True)
+    outs = {}
+    for output in tldr.OUTPUTS:
+        torch.manual_seed(0)  # the same weights for both
+        gen = tldr.Generator(conditioning="vector-matrix", channels=1, image_size=28, width=16, output=output)
+        with torch.no_grad():
+            gen.to_image[-1].bias.fill_(3.0)  # push the linear output above 1
+            outs[output] = gen.eval()(z, labels, p, matrix)
+    assert outs["linear"].max() > 1  # the paper's generator: L_Pix has work to do
+    assert (outs["sigmoid"] > 0).all() and (outs["sigmoid"] < 1).all()
+    assert_close(outs["sigmoid"], torch.sigmoid(outs["linear"]), rtol=1e-6, atol=1e-6)
+    with pytest.raises(tldr.TLDRError, match="output"):
+        tldr.Generator(conditioning="label", channels=1, image_size=28, output="tanh")
 
 
 def generator_outputs(conditioning, variants):
@@ -482,7 +540,7 @@ def test_reconstruction_terms_are_the_losses(recon_setup):
         logits, features = clf(images)
         expected = {"kl": ref_kl(p, logits), "ce": ref_ce(logits, labels), "cos": ref_cosine(features),
                     "ortho": ref_ortho(features), "kl_pert": ref_kl(p, logits), "ce_pert": ref_ce(logits, labels),
-                    "var": ref_var(images), "pix": ref_pix_paper(images) / len(images)}
+                    "var": ref_var(images), "pix": ref_pix_paper(images) / len(images), "bn": ref_bn(clf, images)}
     expected["grad"] = tldr.grad_norms_loop(clf, images, labels).mean()  # mean of the per-image norms
     for k in tldr.TERMS:
         assert_close(terms[k], expected[k], rtol=1e-9, atol=1e-12)
