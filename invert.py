@@ -8,9 +8,14 @@ class it was conditioned on, under L_Inv = alpha*L_KL + beta*L_CE + gamma*L_Cosi
 with hot vectors and the reconstruction terms of section 3.4 switched on.
 
 Writes <out-dir>/<invert|reconstruct>-<dataset>-<subset>-<conditioning>-seed<seed>/:
-generator<k>.pt, samples.pt, grid.png, metrics.json, args.json. When --classifier is
-not given, the classifier for --dataset/--subset/--seed is taken from where
-train_classifier.py puts it, and trained first if it is not there.
+generator<k>.pt, samples.pt, grid.png, nearest.png, metrics.json, args.json. When
+--classifier is not given, the classifier for --dataset/--subset/--seed is taken from
+where train_classifier.py puts it, and trained first if it is not there.
+
+Then it measures the samples (tldr.py section 5): how close each is (SSIM, same class)
+to the classifier's training subset and to a held-out set of the same train split
+(metrics.json "training_likeness"; nearest.png shows the pairs), and the classifier's
+confidence, input- and weight-gradient norms on them ("premises").
 """
 import argparse
 import os
@@ -120,13 +125,6 @@ def train_one(k, args, classifier, device, run_dir, log):
     return gen, state["terms"]
 
 
-def train_examples(args, subset_indices):
-    """One training image of each class from the classifier's own subset (blank if it has none)."""
-    x, y = tldr.load_split(args.dataset, args.data_root, train=True)
-    x, y = x[subset_indices], y[subset_indices]
-    return torch.stack([x[y == c][0] if (y == c).any() else torch.zeros_like(x[0]) for c in range(tldr.NUM_CLASSES)])
-
-
 def save_grid(images, labels, generator_ids, k, path, train_images=None, per_generator=4):
     """Rows = classes; `per_generator` columns from each generator; then, if given,
     a last column with one training image of that class (reconstruction)."""
@@ -141,6 +139,17 @@ def save_grid(images, labels, generator_ids, k, path, train_images=None, per_gen
     tldr.atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=len(rows[0]), padding=2, pad_value=0.5, format="png"))
 
 
+def save_nearest(images, labels, generator_ids, k, train, held, likeness, path):
+    """Rows = classes; for each generator, its first image of that class followed by the
+    nearest training image and the nearest held-out image (tldr.nearest_grid)."""
+    from torchvision.utils import save_image
+    first = torch.stack([((labels == c) & (generator_ids == g)).nonzero()[0, 0]
+                         for c in range(tldr.NUM_CLASSES) for g in range(k)])  # [N*k], row by row
+    picked = {key: likeness[key][first] for key in ("nearest_train", "nearest_heldout")}
+    grid = tldr.nearest_grid(images[first], train, held, picked)  # [3*N*k, C, H, W]
+    tldr.atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=3 * k, padding=2, pad_value=0.5, format="png"))
+
+
 def run(args, log=print):
     device = tldr.pick_device(args.device)
     tldr.check_subset(args)
@@ -151,8 +160,11 @@ def run(args, log=print):
     if tldr.prepare_run_dir(run_dir, "metrics.json", args):
         log(f"{run_dir} is already finished; nothing to resume")
         return run_dir
-    # The grid's last column in reconstruction; read now, so missing data fails before training.
-    train_column = train_examples(args, clf_ckpt["subset_indices"]) if args.reconstruct else None
+    # The train split, for the grid's last column in reconstruction and for the evaluation;
+    # read now, so missing data fails before training.
+    split_x, split_y = tldr.load_split(args.dataset, args.data_root, train=True)
+    subset = clf_ckpt["subset_indices"]
+    train_x, train_y = split_x[subset], split_y[subset]  # the images the classifier saw
     log(f"{mode}: {args.generators} {args.conditioning} generator(s) x {args.steps} steps on {device}, into {run_dir}")
 
     images, labels, gen_ids, terms = [], [], [], []
@@ -162,14 +174,48 @@ def run(args, log=print):
         images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k)), terms.append(last)
     images, labels, gen_ids = torch.cat(images), torch.cat(labels), torch.cat(gen_ids)
     tldr.save_pt({"images": images, "labels": labels, "generator": gen_ids}, os.path.join(run_dir, "samples.pt"))
+    # In reconstruction, a last column with one training image of each class (blank if the subset has none).
+    train_column = torch.stack([train_x[train_y == c][0] if (train_y == c).any() else torch.zeros_like(train_x[0])
+                                for c in range(tldr.NUM_CLASSES)]) if args.reconstruct else None
     save_grid(images, labels, gen_ids, args.generators, os.path.join(run_dir, "grid.png"), train_column)
 
+    # The evaluation comes after samples.pt and grid.png, so a failure in it loses no
+    # training; metrics.json, which marks the run finished, comes last.
     acc, conf = tldr.evaluate(classifier, images, labels, device)
-    metrics = {"accuracy": acc, "confidence": conf, "classifier_test_accuracy": clf_ckpt["test_accuracy"],
-               "final_terms": terms}
-    tldr.save_json(metrics, os.path.join(run_dir, "metrics.json"))
     log(f"classifier on the {len(images)} generated images: accuracy {acc:.4f}, mean confidence {conf:.4f}")
-    log(f"wrote {run_dir}/samples.pt, grid.png, metrics.json")
+    try:
+        held = tldr.heldout_indices(split_y, subset, clf_ckpt["seed"])  # the set train_classifier.py used
+    except tldr.TLDRError as e:  # e.g. the subset is the whole split
+        log(f"training-likeness against the training subset only: {e}")
+        held = None
+    if held is not None:
+        held_x = split_x[held]
+        likeness = tldr.training_likeness(images, labels, train_x, train_y, held_x, split_y[held])
+        log(f"training-likeness: nearest SSIM train {likeness['ssim_train']:.3f} / held-out "
+            f"{likeness['ssim_heldout']:.3f}, win rate {likeness['win_rate']:.2f}, one-to-one matches at "
+            f"SSIM>=0.4: train {likeness['matched_train_040']} / held-out {likeness['matched_heldout_040']}")
+    else:  # the training side of tldr.training_likeness alone
+        ssims, indices = tldr.nearest(images, labels, train_x, train_y)
+        # Choice: nearest.png keeps its triples, with a blank image where the held-out one would be.
+        held_x = torch.zeros_like(images[:1])
+        likeness = {"ssim_train": ssims[:, 0].mean().item(),
+                    "matched_train_040": tldr.one_to_one_matches(ssims, indices, 0.4),
+                    "nearest_train": indices[:, 0], "nearest_heldout": torch.zeros_like(indices[:, 0])}
+        log(f"training-likeness: nearest SSIM train {likeness['ssim_train']:.3f}, one-to-one matches at "
+            f"SSIM>=0.4: train {likeness['matched_train_040']} (no held-out set)")
+    save_nearest(images, labels, gen_ids, args.generators, train_x, held_x, likeness,
+                 os.path.join(run_dir, "nearest.png"))
+    premises = tldr.premises(classifier, images, labels)
+    log(f"premises on the generated images: confidence {premises['confidence']:.4f}, "
+        f"input-grad norm {premises['input_grad_norm']:.4g}, weight-grad norm {premises['weight_grad_norm']:.4g}")
+
+    # Of training-likeness the numbers, not the index tensors; the held-out ones are null without a held-out set.
+    numbers = ("ssim_train", "ssim_heldout", "win_rate", "matched_train_040", "matched_heldout_040")
+    metrics = {"accuracy": acc, "confidence": conf, "classifier_test_accuracy": clf_ckpt["test_accuracy"],
+               "final_terms": terms, "training_likeness": {key: likeness.get(key) for key in numbers},
+               "premises": premises}
+    tldr.save_json(metrics, os.path.join(run_dir, "metrics.json"))
+    log(f"wrote {run_dir}/samples.pt, grid.png, nearest.png, metrics.json")
     return run_dir
 
 

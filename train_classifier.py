@@ -4,6 +4,9 @@
 
 Writes <out-dir>/classifier-<dataset>-<subset>-seed<seed>/ with classifier.pt (model,
 config, dataset, seed, subset_indices, test_accuracy), metrics.json and args.json.
+After training it prints the paper's premises (mean confidence, input- and
+weight-gradient norms) on the training subset, a held-out set of the same train split
+and the test split, and saves them in metrics.json.
 """
 import argparse
 import os
@@ -23,8 +26,14 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=32, help="channels of the first conv block (the second has twice)")
     p.add_argument("--hidden", type=int, default=128, help="size of the hidden fully connected layer (the features)")
     p.add_argument("--dropout", type=float, default=0.25)
+    p.add_argument("--premises-images", type=int, default=1000,
+                   help="measure the premises (confidence, input- and weight-gradient norms) on at most this "
+                        "many images of each set (training subset, held-out, test), drawn by --seed")
     p.add_argument("--run-dir", default=None, help="default: <out-dir>/classifier-<dataset>-<subset>-seed<seed>")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.premises_images < 1:
+        p.error("--premises-images must be at least 1")
+    return args
 
 
 def run(args, log=print):
@@ -38,9 +47,9 @@ def run(args, log=print):
         return path
     tldr.seed_everything(args.seed)
 
-    images, labels = tldr.load_split(args.dataset, args.data_root, train=True)
-    idx = tldr.draw_subset(len(images), args.subset, args.seed)
-    images, labels = images[idx], labels[idx]  # the classifier sees these images only
+    split_images, split_labels = tldr.load_split(args.dataset, args.data_root, train=True)
+    idx = tldr.draw_subset(len(split_images), args.subset, args.seed)
+    images, labels = split_images[idx], split_labels[idx]  # the classifier sees these images only
     _, channels, size, _ = tldr.DATASETS[args.dataset]
     model = tldr.Classifier(channels=channels, image_size=size, width=args.width, hidden=args.hidden,
                             dropout=args.dropout, mean=images.mean((0, 2, 3)).tolist(),
@@ -63,11 +72,39 @@ def run(args, log=print):
     acc, conf = tldr.evaluate(model, test_images, test_labels, device)
     train_acc, train_conf = tldr.evaluate(model, images, labels, device)
     tldr.save_pt(meta | state | {"test_accuracy": acc}, path)
-    metrics = {"test_accuracy": acc, "test_confidence": conf, "train_accuracy": train_acc,
-               "train_confidence": train_conf, "subset": len(idx)}
-    tldr.save_json(metrics, os.path.join(run_dir, "metrics.json"))
     log(f"test accuracy {acc:.4f} (train {train_acc:.4f}); saved {path}")
+
+    sets = {"train": (images, labels), "heldout": None, "test": (test_images, test_labels)}
+    try:
+        held = tldr.heldout_indices(split_labels, idx, args.seed)
+        sets["heldout"] = split_images[held], split_labels[held]
+    except tldr.TLDRError as e:  # e.g. the subset is the whole split
+        log(f"premises on the training subset and the test split only: {e}")
+    premises = {name: None if pair is None else premises_on(model, *pair, args.premises_images, args.seed)
+                for name, pair in sets.items()}
+    log("premises, means over n images of each set:")
+    log(f"{'set':<8}{'n':>6}{'confidence':>12}{'input-grad norm':>17}{'weight-grad norm':>18}")
+    for name, p in premises.items():
+        if p is None:
+            log(f"{name:<8}{'-':>6}  (no held-out set)")
+        else:
+            log(f"{name:<8}{p['n']:>6}{p['confidence']:>12.4f}{p['input_grad_norm']:>17.4g}{p['weight_grad_norm']:>18.4g}")
+
+    metrics = {"test_accuracy": acc, "test_confidence": conf, "train_accuracy": train_acc,
+               "train_confidence": train_conf, "subset": len(idx), "premises": premises}
+    tldr.save_json(metrics, os.path.join(run_dir, "metrics.json"))
     return path
+
+
+def premises_on(model, images, labels, n, seed):
+    """tldr.premises on at most n of (images, labels), and how many that was.
+
+    Choice: the first n of a permutation drawn from its own torch.Generator seeded with
+    --seed, so the same images every run; n bounds the time, which the per-image weight
+    gradients dominate.
+    """
+    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    return {"n": len(pick)} | tldr.premises(model, images[pick], labels[pick])
 
 
 def check_same(ckpt, meta, path):

@@ -2,6 +2,7 @@
 real formats; the checks are on what the scripts wrote and said. Runs that must fail
 early run in this process, as __main__ all the same, to save the start-up time."""
 import json
+import math
 import os
 
 import pytest
@@ -9,9 +10,11 @@ import torch
 from PIL import Image
 
 import tldr
-from conftest import N_TRAIN, one_line_error, run_in_process, run_script
+from conftest import N_TEST, N_TRAIN, one_line_error, run_in_process, run_script
 
-SUBSET = 100
+# Small enough that the rest of the fake train split (200 images, 20 of each class) holds
+# a held-out set with the subset's class counts, for seed 1 on every dataset.
+SUBSET = 60
 TINY_CLASSIFIER = ["--epochs", 3, "--batch-size", 32, "--width", 8, "--hidden", 32]
 TINY_GENERATORS = ["--steps", 3, "--generators", 2, "--batch-size", 8, "--width", 8, "--latent-dim", 8,
                    "--log-every", 1]
@@ -41,6 +44,11 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
+def check_premises(p):
+    assert 0 <= p["confidence"] <= 1
+    assert all(math.isfinite(p[k]) and p[k] >= 0 for k in ("input_grad_norm", "weight_grad_norm"))
+
+
 @pytest.mark.parametrize("dataset", ["mnist", "fmnist", "svhn", "cifar10"])
 def test_train_classifier(dataset, classifier):
     path = classifier(dataset)
@@ -58,6 +66,10 @@ def test_train_classifier(dataset, classifier):
     folder = os.path.dirname(path)
     metrics = json.load(open(os.path.join(folder, "metrics.json")))
     assert metrics["test_accuracy"] == ckpt["test_accuracy"] and metrics["subset"] == SUBSET
+    premises = metrics["premises"]
+    assert {name: p["n"] for name, p in premises.items()} == {"train": SUBSET, "heldout": SUBSET, "test": N_TEST}
+    for p in premises.values():
+        check_premises(p)
     assert json.load(open(os.path.join(folder, "args.json")))["dataset"] == dataset
     model = tldr.Classifier(**ckpt["config"])
     model.load_state_dict(ckpt["model"])  # the file alone rebuilds the model
@@ -70,7 +82,7 @@ def test_subset_depends_on_the_seed_alone(classifier):
     assert torch.equal(seed1, tldr.draw_subset(N_TRAIN, SUBSET, 1))
 
 
-def check_run(run_dir, *, dataset, generators, per_class, reconstruct):
+def check_run(run_dir, *, dataset, generators, per_class, reconstruct, heldout=True):
     """What a finished invert/reconstruct run folder must hold."""
     _, channels, size, _ = tldr.DATASETS[dataset]
     samples = load(os.path.join(run_dir, "samples.pt"))
@@ -85,6 +97,11 @@ def check_run(run_dir, *, dataset, generators, per_class, reconstruct):
     # grid.png: a row per class; per generator min(4, per_class) columns; + a training image
     columns = generators * min(4, per_class) + reconstruct
     assert Image.open(os.path.join(run_dir, "grid.png")).size == (columns * (size + 2) + 2, 10 * (size + 2) + 2)
+    # nearest.png: a row per class; per generator a (generated, nearest train, nearest held-out) triple
+    nearest = Image.open(os.path.join(run_dir, "nearest.png")).convert("L")
+    assert nearest.size == (3 * generators * (size + 2) + 2, 10 * (size + 2) + 2)
+    left = 2 * (size + 2) + 2  # the held-out image of row 0, triple 0: blank (all 0) without a held-out set
+    assert (nearest.crop((left, 2, left + size, 2 + size)).getextrema()[1] == 0) == (not heldout)
 
     for i in range(generators):
         ckpt = tldr.load_checkpoint(os.path.join(run_dir, f"generator{i}.pt"), "generator")
@@ -94,19 +111,34 @@ def check_run(run_dir, *, dataset, generators, per_class, reconstruct):
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["confidence"] <= 1
     n_terms = 9 if reconstruct else 4
     assert [len(t) for t in metrics["final_terms"]] == [n_terms] * generators
+    check_premises(metrics["premises"])
+    likeness = metrics["training_likeness"]
+    assert -1 <= likeness["ssim_train"] <= 1 and 0 <= likeness["matched_train_040"] <= len(images)
+    if heldout:
+        assert -1 <= likeness["ssim_heldout"] <= 1 and 0 <= likeness["win_rate"] <= 1
+        assert 0 <= likeness["matched_heldout_040"] <= len(images)
+    else:
+        assert likeness["ssim_heldout"] is likeness["win_rate"] is likeness["matched_heldout_040"] is None
     assert json.load(open(os.path.join(run_dir, "args.json")))["reconstruct"] == reconstruct
     assert not [f for f in os.listdir(run_dir) if f.endswith(".tmp")]
 
 
-def test_invert_trains_the_default_classifier_first(data_root, out_dir, classifier):
-    p = run_script("invert.py", "--dataset", "mnist", "--subset", SUBSET, "--data-root", data_root,
+def test_invert_trains_the_default_classifier_first(data_root, out_dir):
+    # No --subset: the whole train split, so neither script has a held-out set; both say so and go on.
+    p = run_script("invert.py", "--dataset", "mnist", "--data-root", data_root,
                    "--out-dir", os.path.join(out_dir, "fresh"), *TINY_GENERATORS, "--samples-per-class", 2)
     assert p.returncode == 0, p.stderr
     assert "no trained classifier" in p.stdout and "training one first" in p.stdout
-    clf = load(os.path.join(tldr.classifier_dir(os.path.join(out_dir, "fresh"), "mnist", SUBSET, 1), "classifier.pt"))
-    assert torch.equal(clf["subset_indices"], load(classifier("mnist"))["subset_indices"])
-    run_dir = os.path.join(out_dir, "fresh", f"invert-mnist-{SUBSET}-vector-matrix-seed1")
-    check_run(run_dir, dataset="mnist", generators=2, per_class=2, reconstruct=False)
+    assert "premises on the training subset and the test split only: no held-out set" in p.stdout
+    assert "training-likeness against the training subset only: no held-out set" in p.stdout
+    assert "Traceback" not in p.stderr
+    clf_dir = tldr.classifier_dir(os.path.join(out_dir, "fresh"), "mnist", None, 1)
+    assert torch.equal(load(os.path.join(clf_dir, "classifier.pt"))["subset_indices"], torch.arange(N_TRAIN))
+    premises = json.load(open(os.path.join(clf_dir, "metrics.json")))["premises"]
+    assert premises["heldout"] is None and premises["train"]["n"] == N_TRAIN
+    run_dir = os.path.join(out_dir, "fresh", "invert-mnist-full-vector-matrix-seed1")
+    check_run(run_dir, dataset="mnist", generators=2, per_class=2, reconstruct=False, heldout=False)
+    assert "(no held-out set)" in p.stdout and "premises on the generated images: confidence " in p.stdout
 
 
 @pytest.mark.parametrize("dataset,extra", [("mnist", ["--fast-grad-norm", "--conditioning", "label"]),
@@ -118,6 +150,7 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
                    "--samples-per-class", 4, *extra)
     assert p.returncode == 0, p.stderr
     assert "generator 1: step 3/3 | kl " in p.stdout and " grad " in p.stdout
+    assert "training-likeness: nearest SSIM train " in p.stdout and " win rate " in p.stdout
     check_run(run_dir, dataset=dataset, generators=2, per_class=4, reconstruct=True)
 
 
@@ -128,6 +161,7 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     ("invert.py", ["--subset", -5], ["--subset", "60000", "got -5"]),
     ("train_classifier.py", ["--subset", 60001], ["--subset", "60000", "got 60001"]),
     ("invert.py", ["--steps", 0], ["--steps"]),
+    ("train_classifier.py", ["--premises-images", 0], ["--premises-images"]),
     ("train_classifier.py", ["--resume", "--overwrite"], ["--resume", "--overwrite"]),
 ])
 def test_bad_arguments(script, args, needles, tmp_path):
