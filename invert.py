@@ -29,11 +29,12 @@ import train_classifier
 # beta' (beta_pert) and eta1..3 are 0 in inversion, which is exactly L_Inv.
 DEFAULTS = {"alpha": (1.0, 1.0), "beta": (1.0, 1.0), "gamma": (1.0, 1.0), "delta": (1.0, 1.0),
             "alpha_pert": (0.0, 1.0), "beta_pert": (0.0, 1.0), "eta1": (0.0, 0.05),
-            "eta2": (0.0, 1.0), "eta3": (0.0, 1.0)}
+            "eta2": (0.0, 1.0), "eta3": (0.0, 1.0), "eta_bn": (0.0, 10.0)}
 HELP = {"alpha": "weight of L_KL", "beta": "weight of L_CE", "gamma": "weight of L_Cosine",
         "delta": "weight of L_Ortho", "alpha_pert": "alpha', weight of L_KL on perturbed images",
         "beta_pert": "beta', weight of L_CE on perturbed images", "eta1": "weight of L_Var",
-        "eta2": "weight of L_Pix", "eta3": "weight of L_Grad"}
+        "eta2": "weight of L_Pix", "eta3": "weight of L_Grad",
+        "eta_bn": "weight of L_BN, batch-norm statistics matching (not in the paper; 0 gives the paper's L_Recon)"}
 
 
 def parse_args(argv=None, reconstruct=False, doc=__doc__):
@@ -49,12 +50,17 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     p.add_argument("--latent-dim", type=int, default=64, help="size of the latent vector z")
     p.add_argument("--width", type=int, default=64, help="generator width (channels of its last hidden layer)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout in the generator layers before the matrix (up to N x N)")
+    p.add_argument("--output", default="sigmoid", choices=tldr.OUTPUTS,
+                   help="generator output: sigmoid into [0, 1], or linear as in the paper (then only L_Pix bounds it)")
     for name, (inv, rec) in DEFAULTS.items():
         p.add_argument("--" + name.replace("_", "-"), type=float, default=rec if reconstruct else inv, help=HELP[name])
     p.add_argument("--epsilon", type=float, default=0.1,
                    help="size of the L-infinity perturbation (uniform noise) for the ^pert terms")
     p.add_argument("--fast-grad-norm", action="store_true",
                    help="compute L_Grad with the exact one-backward-pass method instead of torch.func")
+    if reconstruct:
+        p.add_argument("--soft-vectors", action="store_true",
+                       help="condition on soft vectors, as in inversion, instead of hot ones (an ablation)")
     p.add_argument("--samples-per-class", type=int, default=100, help="images saved per class and generator")
     p.add_argument("--checkpoint-every", type=int, default=100, help="save the training state every so many steps")
     p.add_argument("--log-every", type=int, default=50, help="print the loss terms every so many steps")
@@ -62,6 +68,7 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
                    help="default: <out-dir>/<mode>-<dataset>-<subset>-<conditioning>-seed<seed>")
     args = p.parse_args(argv)
     args.reconstruct = reconstruct
+    args.hot = reconstruct and not getattr(args, "soft_vectors", False)  # the flag is reconstruct.py's
     for flag in ("generators", "steps", "batch_size", "samples_per_class", "checkpoint_every", "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -104,14 +111,15 @@ def train_one(k, args, classifier, device, run_dir, log):
     # same whatever ran before it in this process (a classifier, generators 0..k-1, or none).
     tldr.seed_everything(args.seed * 1000 + k)
     gen = tldr.Generator(conditioning=args.conditioning, channels=channels, image_size=size,
-                         latent_dim=args.latent_dim, width=args.width, dropout=args.dropout).to(device)
+                         latent_dim=args.latent_dim, width=args.width, dropout=args.dropout,
+                         output=args.output).to(device)
     path = os.path.join(run_dir, f"generator{k}.pt")
     meta = {"kind": "generator", "config": gen.config, "dataset": args.dataset, "steps": args.steps,
-            "reconstruct": args.reconstruct, "index": k}
+            "reconstruct": args.reconstruct, "hot": args.hot, "index": k}
     state = None
     if args.resume and os.path.exists(path):
         state = tldr.load_checkpoint(path, "generator")
-        for key in ("config", "dataset", "steps", "reconstruct"):
+        for key in ("config", "dataset", "steps", "reconstruct", "hot"):
             if state[key] != meta[key]:
                 raise tldr.TLDRError(f"{path}: was started with {key}={state[key]}, not {meta[key]}; use --overwrite")
         log(f"generator {k}: resuming at step {state['step']}/{args.steps}")
@@ -119,7 +127,7 @@ def train_one(k, args, classifier, device, run_dir, log):
     state = tldr.train_generator(
         gen, classifier, reconstruct=args.reconstruct, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, weights=weights, epsilon=args.epsilon, device=device,
-        grad_method="fast" if args.fast_grad_norm else "func", state=state,
+        grad_method="fast" if args.fast_grad_norm else "func", hot=args.hot, state=state,
         save=lambda s: tldr.save_pt(meta | s, path), checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, log=lambda line: log(f"generator {k}: {line}"))
     return gen, state["terms"]
@@ -170,7 +178,7 @@ def run(args, log=print):
     images, labels, gen_ids, terms = [], [], [], []
     for k in range(args.generators):
         gen, last = train_one(k, args, classifier, device, run_dir, log)
-        x, y = tldr.sample(gen, args.samples_per_class, args.reconstruct, device)
+        x, y = tldr.sample(gen, args.samples_per_class, args.hot, device)
         images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k)), terms.append(last)
     images, labels, gen_ids = torch.cat(images), torch.cat(labels), torch.cat(gen_ids)
     tldr.save_pt({"images": images, "labels": labels, "generator": gen_ids}, os.path.join(run_dir, "samples.pt"))
@@ -205,6 +213,8 @@ def run(args, log=print):
             f"SSIM>=0.4: train {likeness['matched_train_040']} (no held-out set)")
     save_nearest(images, labels, gen_ids, args.generators, train_x, held_x, likeness,
                  os.path.join(run_dir, "nearest.png"))
+    diversity = tldr.within_class_ssim(images, labels)
+    log(f"diversity: mean SSIM between images of one class {diversity:.3f} (real training images: about 0.2)")
     premises = tldr.premises(classifier, images, labels)
     log(f"premises on the generated images: confidence {premises['confidence']:.4f}, "
         f"input-grad norm {premises['input_grad_norm']:.4g}, weight-grad norm {premises['weight_grad_norm']:.4g}")
@@ -213,7 +223,7 @@ def run(args, log=print):
     numbers = ("ssim_train", "ssim_heldout", "win_rate", "matched_train_040", "matched_heldout_040")
     metrics = {"accuracy": acc, "confidence": conf, "classifier_test_accuracy": clf_ckpt["test_accuracy"],
                "final_terms": terms, "training_likeness": {key: likeness.get(key) for key in numbers},
-               "premises": premises}
+               "within_class_ssim": diversity, "premises": premises}
     tldr.save_json(metrics, os.path.join(run_dir, "metrics.json"))
     log(f"wrote {run_dir}/samples.pt, grid.png, nearest.png, metrics.json")
     return run_dir

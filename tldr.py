@@ -504,11 +504,12 @@ def generate(generator, labels, hot, latent_dim, device):
 
 
 def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr, weights,
-                    epsilon, device, grad_method="func", state=None, save=None,
+                    epsilon, device, grad_method="func", hot=None, state=None, save=None,
                     checkpoint_every=100, log_every=50, log=print):
     """Train `generator` against the frozen `classifier` (eval mode) for `steps` steps.
 
-    Inversion: soft vectors, L_Inv. Reconstruction: hot vectors, L_Recon. Labels are
+    Inversion: soft vectors, L_Inv. Reconstruction: hot vectors, L_Recon (`hot=False`
+    gives reconstruction with soft vectors, an ablation). Labels are
     uniform over the classes. `save(state)` is called every `checkpoint_every` steps,
     at the end, and when stopped. Returns the final state, with the last loss terms.
     """
@@ -521,6 +522,7 @@ def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr
         set_rng_state(state["rng"])
         step, last = state["step"], state["terms"]
     latent_dim = generator.config["latent_dim"]
+    hot = reconstruct if hot is None else hot
 
     def snapshot():
         return {"model": generator.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -531,7 +533,7 @@ def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr
         while step < steps:
             generator.train()
             labels = torch.randint(NUM_CLASSES, (batch_size,))
-            images, labels, p = generate(generator, labels, reconstruct, latent_dim, device)
+            images, labels, p = generate(generator, labels, hot, latent_dim, device)
             if reconstruct:
                 terms = reconstruction_losses(classifier, images, labels, p, epsilon, grad_method)
             else:

@@ -109,9 +109,10 @@ def check_run(run_dir, *, dataset, generators, per_class, reconstruct, heldout=T
         tldr.Generator(**ckpt["config"]).load_state_dict(ckpt["model"])
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["confidence"] <= 1
-    n_terms = 9 if reconstruct else 4
+    n_terms = 10 if reconstruct else 4
     assert [len(t) for t in metrics["final_terms"]] == [n_terms] * generators
     check_premises(metrics["premises"])
+    assert -1 <= metrics["within_class_ssim"] <= 1
     likeness = metrics["training_likeness"]
     assert -1 <= likeness["ssim_train"] <= 1 and 0 <= likeness["matched_train_040"] <= len(images)
     if heldout:
@@ -142,7 +143,8 @@ def test_invert_trains_the_default_classifier_first(data_root, out_dir):
 
 
 @pytest.mark.parametrize("dataset,extra", [("mnist", ["--fast-grad-norm", "--conditioning", "label"]),
-                                           ("cifar10", ["--conditioning", "matrix"])])
+                                           ("cifar10", ["--conditioning", "matrix", "--soft-vectors",
+                                                        "--output", "linear"])])
 def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     run_dir = os.path.join(out_dir, f"reconstruct-{dataset}")
     p = run_script("reconstruct.py", "--dataset", dataset, "--subset", SUBSET, "--data-root", data_root,
@@ -152,6 +154,9 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     assert "generator 1: step 3/3 | kl " in p.stdout and " grad " in p.stdout
     assert "training-likeness: nearest SSIM train " in p.stdout and " win rate " in p.stdout
     check_run(run_dir, dataset=dataset, generators=2, per_class=4, reconstruct=True)
+    ckpt = tldr.load_checkpoint(os.path.join(run_dir, "generator0.pt"), "generator")
+    assert ckpt["hot"] == ("--soft-vectors" not in extra)
+    assert ckpt["config"]["output"] == ("linear" if "linear" in extra else "sigmoid")
 
 
 @pytest.mark.parametrize("script,args,needles", [
