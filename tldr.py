@@ -384,6 +384,8 @@ def reconstruction_losses(classifier, images, labels, p, epsilon, grad_method="f
     terms["var"] = var_loss(images)
     terms["pix"] = pix_loss(images)
     terms["bn"] = bn_loss(classifier, images)
+    if grad_method not in ("func", "fast"):
+        raise TLDRError(f"unknown grad_method '{grad_method}', expected 'func' or 'fast'")
     norms = grad_norms_fast(classifier, images, labels) if grad_method == "fast" else grad_norms(classifier, images, labels)
     terms["grad"] = norms.mean()  # Choice: the mean of the per-image norms over the batch
     return terms
@@ -830,6 +832,13 @@ def save_json(obj, path):
     atomic_write(path, write)
 
 
+# What the scripts read from each kind of checkpoint (train_classifier.py and invert.py write them).
+CHECKPOINT_KEYS = {"classifier": ("model", "config", "dataset", "seed", "subset_indices", "epoch", "epochs",
+                                  "optimizer", "rng", "test_accuracy"),
+                   "generator": ("model", "config", "dataset", "steps", "reconstruct", "hot", "step",
+                                 "optimizer", "rng", "terms")}
+
+
 def load_checkpoint(path, kind):
     """Load a checkpoint as data only (weights_only=True: no code runs), check its kind."""
     if not os.path.isfile(path):
@@ -850,6 +859,10 @@ def load_checkpoint(path, kind):
         raise TLDRError(f"{path}: not a TLDR checkpoint")
     if ckpt["kind"] != kind:
         raise TLDRError(f"{path}: is a {ckpt['kind']} checkpoint, expected a {kind}")
+    missing = [key for key in CHECKPOINT_KEYS[kind] if key not in ckpt]
+    if missing:
+        raise TLDRError(f"{path}: an incomplete or older {kind} checkpoint (no {', '.join(missing)}); "
+                        "train it again (--overwrite)")
     return ckpt
 
 

@@ -162,9 +162,15 @@ def bad_checkpoint(kind, runs, folder):
         ckpt = load(runs["classifier"])
         torch.save(ckpt | {"dataset": "fmnist"}, path)
         return path, "is a classifier for fmnist, but --dataset is mnist"
+    if kind == "missing-keys":
+        ckpt = load(runs["classifier"])
+        del ckpt["subset_indices"]
+        torch.save(ckpt, path)
+        return path, "an incomplete or older classifier checkpoint (no subset_indices)"
 
 
-@pytest.mark.parametrize("kind", ["truncated", "random-bytes", "runs-code", "generator", "other-dataset"])
+@pytest.mark.parametrize("kind", ["truncated", "random-bytes", "runs-code", "generator", "other-dataset",
+                                  "missing-keys"])
 def test_bad_classifier_is_refused_and_changes_nothing(kind, runs, data_root, tmp_path):
     path, problem = bad_checkpoint(kind, runs, tmp_path)
     before = hashes(runs["reconstruct_dir"]) | hashes(runs["classifier_dir"])

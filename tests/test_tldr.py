@@ -549,6 +549,8 @@ def test_reconstruction_terms_are_the_losses(recon_setup):
     # with epsilon > 0 the perturbed terms differ from the clean ones
     noisy = tldr.reconstruction_losses(clf, images, labels, p, epsilon=0.5)
     assert noisy["ce_pert"] != noisy["ce"]
+    with pytest.raises(tldr.TLDRError, match="grad_method"):
+        tldr.reconstruction_losses(clf, images, labels, p, epsilon=0.0, grad_method="loop")
 
 
 def test_weighted_sum_picks_one_term(recon_setup):
