@@ -158,7 +158,7 @@ def sample_conditioning(labels, hot):
 
 
 class Generator(nn.Module):
-    """Latent z (+ conditioning) -> image, by transposed convolutions.
+    """Latent z (+ conditioning) -> image, by transposed convolutions (and a sigmoid).
 
     label:         z ++ learnt embedding(label)   from the start
     vector:        z ++ P (soft or hot vector)    from the start; the label is never given
