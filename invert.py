@@ -26,7 +26,7 @@ import tldr
 import train_classifier
 
 # Default loss weights and epsilon: (inversion, reconstruction). alpha' (alpha_pert),
-# beta' (beta_pert) and eta1..3 are 0 in inversion, which is exactly L_Inv.
+# beta' (beta_pert), eta1..3 and eta_bn are 0 in inversion, which is exactly L_Inv.
 DEFAULTS = {"alpha": (1.0, 1.0), "beta": (1.0, 1.0), "gamma": (1.0, 1.0), "delta": (1.0, 1.0),
             "alpha_pert": (0.0, 1.0), "beta_pert": (0.0, 1.0), "eta1": (0.0, 0.05),
             "eta2": (0.0, 1.0), "eta3": (0.0, 1.0), "eta_bn": (0.0, 10.0)}

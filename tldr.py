@@ -180,7 +180,7 @@ class Generator(nn.Module):
         self.embed = nn.Embedding(n, n) if conditioning == "label" else None
         vec_dim = 0 if conditioning == "matrix" else n
         mat_dim = 1 if conditioning in ("matrix", "vector-matrix") else 0
-        # Choice: BN + leaky ReLU after every up-convolution, dropout (which the paper
+        # Choice: BN + leaky ReLU after every up-convolution but the last, dropout (which the paper
         # credits for diversity) only in the layers before the matrix: dropout right
         # before the output layer shows up as per-pixel speckle.
         # Deviation: a sigmoid at the end (output="sigmoid", the default) keeps every
@@ -376,7 +376,7 @@ def grad_norms_fast(classifier, images, labels):
 
 
 def reconstruction_losses(classifier, images, labels, p, epsilon, grad_method="func"):
-    """The terms of L_Recon, unweighted: the four of L_Inv plus five more."""
+    """The terms of L_Recon, unweighted: the four of L_Inv plus six more."""
     terms = inversion_losses(classifier, images, labels, p)
     logits_pert, _ = classifier(perturb(images, epsilon))
     terms["kl_pert"] = kl_loss(p, logits_pert)
@@ -391,7 +391,7 @@ def reconstruction_losses(classifier, images, labels, p, epsilon, grad_method="f
     return terms
 
 
-# The weight of each term: alpha..delta for L_Inv; alpha', beta', eta1..3 added for L_Recon.
+# The weight of each term: alpha..delta for L_Inv; alpha', beta', eta1..3 and eta_bn added for L_Recon.
 TERMS = {"kl": "alpha", "ce": "beta", "cos": "gamma", "ortho": "delta", "kl_pert": "alpha_pert",
          "ce_pert": "beta_pert", "var": "eta1", "pix": "eta2", "grad": "eta3", "bn": "eta_bn"}
 
@@ -735,13 +735,15 @@ def training_likeness(gen, gen_labels, train, train_labels, held, held_labels, t
 
 
 def within_class_ssim(images, labels, per_class=20):
-    """Diversity: the mean SSIM between two different images of the same class, over the
-    first `per_class` images of each class present (all ordered pairs i != j). 1 = every
-    image of a class is the same; real MNIST / FashionMNIST training images score about
-    0.21 / 0.23. Lower is more diverse."""
+    """Diversity: the mean SSIM between two different images of the same class, over
+    `per_class` images of each class present, evenly spaced through it (so from every
+    generator when samples are stored generator by generator), all ordered pairs i != j.
+    1 = every image of a class is the same; real MNIST / FashionMNIST training images
+    score about 0.21 / 0.23. Lower is more diverse."""
     means = []
     for c in labels.unique().tolist():
-        x = images[labels == c][:per_class]  # [k, C, H, W]
+        x = images[labels == c]
+        x = x[torch.linspace(0, len(x) - 1, min(per_class, len(x))).round().long()]  # [k, C, H, W]
         k = len(x)
         if k < 2:
             continue

@@ -167,8 +167,8 @@ def test_within_class_ssim_by_hand_and_reference():
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
     expected = (1.0 + ssim(a[None], b[None]).item()) / 2
     assert within_class_ssim(images, labels) == pytest.approx(expected)
-    # a loop over pairs, per_class = 2 keeps only the first two of each class
+    # a loop over pairs; per_class = 2 keeps the first and the last image of each class
     x = torch.rand(6, 1, 16, 16, dtype=torch.float64)
     y = torch.tensor([0, 1, 0, 1, 0, 1])
-    loop = [sum(ssim(x[[i]], x[[j]]).item() for i in idx for j in idx if i != j) / 2 for idx in ([0, 2], [1, 3])]
+    loop = [sum(ssim(x[[i]], x[[j]]).item() for i in idx for j in idx if i != j) / 2 for idx in ([0, 4], [1, 5])]
     assert within_class_ssim(x, y, per_class=2) == pytest.approx(sum(loop) / 2)
