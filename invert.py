@@ -114,16 +114,19 @@ def train_one(k, args, classifier, device, run_dir, log):
                          latent_dim=args.latent_dim, width=args.width, dropout=args.dropout,
                          output=args.output).to(device)
     path = os.path.join(run_dir, f"generator{k}.pt")
+    weights = {name: getattr(args, name) for name in DEFAULTS}
+    # Everything that shapes the training; a run resumes only with all of it unchanged.
     meta = {"kind": "generator", "config": gen.config, "dataset": args.dataset, "steps": args.steps,
-            "reconstruct": args.reconstruct, "hot": args.hot, "index": k}
+            "reconstruct": args.reconstruct, "hot": args.hot, "batch_size": args.batch_size, "lr": args.lr,
+            "weights": weights, "epsilon": args.epsilon, "index": k}
     state = None
     if args.resume and os.path.exists(path):
         state = tldr.load_checkpoint(path, "generator")
-        for key in ("config", "dataset", "steps", "reconstruct", "hot"):
-            if state[key] != meta[key]:
-                raise tldr.TLDRError(f"{path}: was started with {key}={state[key]}, not {meta[key]}; use --overwrite")
+        for key in ("config", "dataset", "steps", "reconstruct", "hot", "batch_size", "lr", "weights", "epsilon"):
+            if state.get(key) != meta[key]:
+                raise tldr.TLDRError(f"{path}: was started with {key}={state.get(key)}, not {meta[key]}; "
+                                     "resume with the same flags, or use --overwrite")
         log(f"generator {k}: resuming at step {state['step']}/{args.steps}")
-    weights = {name: getattr(args, name) for name in DEFAULTS}
     state = tldr.train_generator(
         gen, classifier, reconstruct=args.reconstruct, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, weights=weights, epsilon=args.epsilon, device=device,
