@@ -156,7 +156,11 @@ def save_nearest(images, labels, generator_ids, k, train, held, likeness, path):
     from torchvision.utils import save_image
     first = torch.stack([((labels == c) & (generator_ids == g)).nonzero()[0, 0]
                          for c in range(tldr.NUM_CLASSES) for g in range(k)])  # [N*k], row by row
-    picked = {key: likeness[key][first] for key in ("nearest_train", "nearest_heldout")}
+    picked = {"nearest_train": likeness["nearest_train"][first], "nearest_heldout": torch.zeros_like(first)}
+    if held is None:  # Choice: keep the triples, with a blank image where the held-out one would be
+        held = torch.zeros_like(images[:1])
+    else:
+        picked["nearest_heldout"] = likeness["nearest_heldout"][first]
     grid = tldr.nearest_grid(images[first], train, held, picked)  # [3*N*k, C, H, W]
     tldr.atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=3 * k, padding=2, pad_value=0.5, format="png"))
 
@@ -196,24 +200,18 @@ def run(args, log=print):
     log(f"classifier on the {len(images)} generated images: accuracy {acc:.4f}, mean confidence {conf:.4f}")
     try:
         held = tldr.heldout_indices(split_y, subset, clf_ckpt["seed"])  # the set train_classifier.py used
+        held_x, held_y = split_x[held], split_y[held]
     except tldr.TLDRError as e:  # e.g. the subset is the whole split
         log(f"training-likeness against the training subset only: {e}")
-        held = None
-    if held is not None:
-        held_x = split_x[held]
-        likeness = tldr.training_likeness(images, labels, train_x, train_y, held_x, split_y[held])
+        held_x = held_y = None
+    likeness = tldr.training_likeness(images, labels, train_x, train_y, held_x, held_y)
+    if held_x is None:
+        log(f"training-likeness: nearest SSIM train {likeness['ssim_train']:.3f}, one-to-one matches at "
+            f"SSIM>=0.4: train {likeness['matched_train_040']} (no held-out set)")
+    else:
         log(f"training-likeness: nearest SSIM train {likeness['ssim_train']:.3f} / held-out "
             f"{likeness['ssim_heldout']:.3f}, win rate {likeness['win_rate']:.2f}, one-to-one matches at "
             f"SSIM>=0.4: train {likeness['matched_train_040']} / held-out {likeness['matched_heldout_040']}")
-    else:  # the training side of tldr.training_likeness alone
-        ssims, indices = tldr.nearest(images, labels, train_x, train_y)
-        # Choice: nearest.png keeps its triples, with a blank image where the held-out one would be.
-        held_x = torch.zeros_like(images[:1])
-        likeness = {"ssim_train": ssims[:, 0].mean().item(),
-                    "matched_train_040": tldr.one_to_one_matches(ssims, indices, 0.4),
-                    "nearest_train": indices[:, 0], "nearest_heldout": torch.zeros_like(indices[:, 0])}
-        log(f"training-likeness: nearest SSIM train {likeness['ssim_train']:.3f}, one-to-one matches at "
-            f"SSIM>=0.4: train {likeness['matched_train_040']} (no held-out set)")
     save_nearest(images, labels, gen_ids, args.generators, train_x, held_x, likeness,
                  os.path.join(run_dir, "nearest.png"))
     diversity = tldr.within_class_ssim(images, labels)
@@ -225,7 +223,7 @@ def run(args, log=print):
     # Of training-likeness the numbers, not the index tensors; the held-out ones are null without a held-out set.
     numbers = ("ssim_train", "ssim_heldout", "win_rate", "matched_train_040", "matched_heldout_040")
     metrics = {"accuracy": acc, "confidence": conf, "classifier_test_accuracy": clf_ckpt["test_accuracy"],
-               "final_terms": terms, "training_likeness": {key: likeness.get(key) for key in numbers},
+               "final_terms": terms, "training_likeness": {key: likeness[key] for key in numbers},
                "within_class_ssim": diversity, "premises": premises}
     tldr.save_json(metrics, os.path.join(run_dir, "metrics.json"))
     log(f"wrote {run_dir}/samples.pt, grid.png, nearest.png, metrics.json")

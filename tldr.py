@@ -709,7 +709,7 @@ def one_to_one_matches(ssims, indices, threshold=0.4):
     return sum(augment(i, set()) for i in range(len(edges)))
 
 
-def training_likeness(gen, gen_labels, train, train_labels, held, held_labels, top_k=50):
+def training_likeness(gen, gen_labels, train, train_labels, held=None, held_labels=None, top_k=50):
     """Do generated images look like the classifier's training subset (a) more than like
     held-out images of the same train split (b)? Use heldout_indices() for (b).
 
@@ -722,16 +722,21 @@ def training_likeness(gen, gen_labels, train, train_labels, held, held_labels, t
                                  criterion used in related work
       matched_heldout_040        the same into (b): what the count is without any leak
       nearest_train, nearest_heldout   [G] indices into train, held (for nearest.png)
+    Without (b) (held=None: e.g. the subset is the whole split) the (b) entries are None.
     """
     s_a, i_a = nearest(gen, gen_labels, train, train_labels, top_k)  # [G, k]
+    a = s_a[:, 0]  # [G] nearest-neighbour SSIMs in (a)
+    result = {"ssim_train": a.mean().item(), "matched_train_040": one_to_one_matches(s_a, i_a, 0.4),
+              "nearest_train": i_a[:, 0], "ssim_heldout": None, "win_rate": None,
+              "matched_heldout_040": None, "nearest_heldout": None}
+    if held is None:
+        return result
     s_b, i_b = nearest(gen, gen_labels, held, held_labels, top_k)
-    a, b = s_a[:, 0], s_b[:, 0]  # [G] nearest-neighbour SSIMs
+    b = s_b[:, 0]
     # win rate = 1/G * sum_i ([a_i > b_i] + 1/2 [a_i = b_i])
     win = ((a > b).double() + 0.5 * (a == b).double()).mean()
-    return {"ssim_train": a.mean().item(), "ssim_heldout": b.mean().item(), "win_rate": win.item(),
-            "matched_train_040": one_to_one_matches(s_a, i_a, 0.4),
-            "matched_heldout_040": one_to_one_matches(s_b, i_b, 0.4),
-            "nearest_train": i_a[:, 0], "nearest_heldout": i_b[:, 0]}
+    return result | {"ssim_heldout": b.mean().item(), "win_rate": win.item(),
+                     "matched_heldout_040": one_to_one_matches(s_b, i_b, 0.4), "nearest_heldout": i_b[:, 0]}
 
 
 def within_class_ssim(images, labels, per_class=20):

@@ -172,3 +172,16 @@ def test_within_class_ssim_by_hand_and_reference():
     y = torch.tensor([0, 1, 0, 1, 0, 1])
     loop = [sum(ssim(x[[i]], x[[j]]).item() for i in idx for j in idx if i != j) / 2 for idx in ([0, 4], [1, 5])]
     assert within_class_ssim(x, y, per_class=2) == pytest.approx(sum(loop) / 2)
+
+
+def test_training_likeness_without_a_held_out_set():
+    torch.manual_seed(0)
+    gen, train, held = torch.rand(12, 1, 16, 16), torch.rand(20, 1, 16, 16), torch.rand(20, 1, 16, 16)
+    gl, tl, hl = torch.arange(12) % 2, torch.arange(20) % 2, torch.arange(20) % 2
+    both = training_likeness(gen, gl, train, tl, held, hl, top_k=5)
+    alone = training_likeness(gen, gl, train, tl, top_k=5)
+    for key in ("ssim_train", "matched_train_040"):
+        assert alone[key] == both[key]
+    assert torch.equal(alone["nearest_train"], both["nearest_train"])
+    assert all(alone[key] is None for key in ("ssim_heldout", "win_rate", "matched_heldout_040", "nearest_heldout"))
+    assert all(both[key] is not None for key in ("ssim_heldout", "win_rate", "matched_heldout_040", "nearest_heldout"))
