@@ -171,10 +171,10 @@ class Generator(nn.Module):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise TLDRError(f"unknown conditioning '{conditioning}', expected one of {', '.join(CONDITIONINGS)}")
-        self.config = dict(conditioning=conditioning, channels=channels, image_size=image_size,
-                           latent_dim=latent_dim, width=width, dropout=dropout, output=output)
         if output not in OUTPUTS:
             raise TLDRError(f"unknown generator output '{output}', expected one of {', '.join(OUTPUTS)}")
+        self.config = dict(conditioning=conditioning, channels=channels, image_size=image_size,
+                           latent_dim=latent_dim, width=width, dropout=dropout, output=output)
         self.conditioning = conditioning
         n = NUM_CLASSES
         self.embed = nn.Embedding(n, n) if conditioning == "label" else None
@@ -377,6 +377,8 @@ def grad_norms_fast(classifier, images, labels):
 
 def reconstruction_losses(classifier, images, labels, p, epsilon, grad_method="func"):
     """The terms of L_Recon, unweighted: the four of L_Inv plus six more."""
+    if grad_method not in ("func", "fast"):
+        raise TLDRError(f"unknown grad_method '{grad_method}', expected 'func' or 'fast'")
     terms = inversion_losses(classifier, images, labels, p)
     logits_pert, _ = classifier(perturb(images, epsilon))
     terms["kl_pert"] = kl_loss(p, logits_pert)
@@ -384,8 +386,6 @@ def reconstruction_losses(classifier, images, labels, p, epsilon, grad_method="f
     terms["var"] = var_loss(images)
     terms["pix"] = pix_loss(images)
     terms["bn"] = bn_loss(classifier, images)
-    if grad_method not in ("func", "fast"):
-        raise TLDRError(f"unknown grad_method '{grad_method}', expected 'func' or 'fast'")
     norms = grad_norms_fast(classifier, images, labels) if grad_method == "fast" else grad_norms(classifier, images, labels)
     terms["grad"] = norms.mean()  # Choice: the mean of the per-image norms over the batch
     return terms
