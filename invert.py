@@ -127,12 +127,15 @@ def train_one(k, args, classifier, device, run_dir, log):
                 raise tldr.TLDRError(f"{path}: was started with {key}={state.get(key)}, not {meta[key]}; "
                                      "resume with the same flags, or use --overwrite")
         log(f"generator {k}: resuming at step {state['step']}/{args.steps}")
-    state = tldr.train_generator(
-        gen, classifier, reconstruct=args.reconstruct, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, weights=weights, epsilon=args.epsilon, device=device,
-        grad_method="fast" if args.fast_grad_norm else "func", hot=args.hot, state=state,
-        save=lambda s: tldr.save_pt(meta | s, path), checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, log=lambda line: log(f"generator {k}: {line}"))
+    try:
+        state = tldr.train_generator(
+            gen, classifier, reconstruct=args.reconstruct, steps=args.steps, batch_size=args.batch_size,
+            lr=args.lr, weights=weights, epsilon=args.epsilon, device=device,
+            grad_method="fast" if args.fast_grad_norm else "func", hot=args.hot, state=state,
+            save=lambda s: tldr.save_pt(meta | s, path), checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every, log=lambda line: log(f"generator {k}: {line}"))
+    except tldr.TLDRError as e:  # say which generator stopped (a non-finite loss, Ctrl-C); same type
+        raise type(e)(f"generator {k}: {e}") from None
     return gen, state["terms"]
 
 

@@ -944,6 +944,9 @@ def prepare_run_dir(run_dir, finished_file, args):
         for f in files:
             if f == finished_file or f.endswith(".pt"):
                 os.remove(os.path.join(run_dir, f))
+    for f in files:  # a save cut short by a kill leaves its temporary file (atomic_write) behind
+        if f.startswith(".") and f.endswith(".tmp"):
+            os.remove(os.path.join(run_dir, f))
     os.makedirs(run_dir, exist_ok=True)
     args_path = os.path.join(run_dir, "args.json")
     if not (args.resume and os.path.exists(args_path)):  # a resumed run keeps the settings it started with

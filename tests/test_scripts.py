@@ -207,7 +207,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(data_root, tmp_path, cla
     run_dir = str(tmp_path / "run")
     p = run_script("invert.py", "--classifier", classifier("mnist"), "--data-root", data_root, "--run-dir", run_dir,
                    *TINY_GENERATORS, "--checkpoint-every", 1, "--lr", 1e30)
-    one_line_error(p, "loss term '", "non-finite at step 2", "checkpoint is kept")
+    one_line_error(p, "generator 0: loss term '", "non-finite at step 2", "checkpoint is kept")
     ckpt = tldr.load_checkpoint(os.path.join(run_dir, "generator0.pt"), "generator")
     assert ckpt["step"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
