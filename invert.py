@@ -42,22 +42,25 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     tldr.add_common_flags(p)
     p.add_argument("--classifier", default=None,
                    help="classifier.pt to invert (default: the one for --dataset/--subset/--seed, trained if missing)")
-    p.add_argument("--conditioning", default="vector-matrix", choices=tldr.CONDITIONINGS)
+    p.add_argument("--conditioning", default="vector-matrix", choices=tldr.CONDITIONINGS,
+                   help="how the generator is told the class (paper 3.2)")
     p.add_argument("--generators", type=int, default=3, help="how many generators to train (the paper shows 3)")
     p.add_argument("--steps", type=int, default=1500, help="training steps per generator")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="generated images per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the generator")
     p.add_argument("--latent-dim", type=int, default=64, help="size of the latent vector z")
     p.add_argument("--width", type=int, default=64, help="generator width (channels of its last hidden layer)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout in the generator layers before the matrix (up to N x N)")
     p.add_argument("--output", default="sigmoid", choices=tldr.OUTPUTS,
                    help="generator output: sigmoid into [0, 1], or linear as in the paper (then only L_Pix bounds it)")
+    only = "" if reconstruct else " (reconstruct.py only: inversion ignores it)"
     for name, (inv, rec) in DEFAULTS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=rec if reconstruct else inv, help=HELP[name])
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=rec if reconstruct else inv,
+                       help=HELP[name] + (only if inv == 0 else ""))  # 0 in inversion: a term of L_Recon only
     p.add_argument("--epsilon", type=float, default=0.1,
-                   help="size of the L-infinity perturbation (uniform noise) for the ^pert terms")
+                   help="size of the L-infinity perturbation (uniform noise) for the ^pert terms" + only)
     p.add_argument("--fast-grad-norm", action="store_true",
-                   help="compute L_Grad with the exact one-backward-pass method instead of torch.func")
+                   help="compute L_Grad with the exact one-backward-pass method instead of torch.func" + only)
     if reconstruct:
         p.add_argument("--soft-vectors", action="store_true",
                        help="condition on soft vectors, as in inversion, instead of hot ones (an ablation)")

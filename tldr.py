@@ -907,7 +907,7 @@ def add_common_flags(parser):
     one_line_errors(parser)
     parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="which torchvision dataset")
     parser.add_argument("--subset", type=int, default=None,
-                        help="train on this many images drawn from the train split by --seed (default: all)")
+                        help="train on this many images drawn from the train split by --seed; None: the whole split")
     parser.add_argument("--data-root", default="./data", help="torchvision root; missing files are downloaded")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="auto = cuda, else mps, else cpu")

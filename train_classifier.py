@@ -20,12 +20,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=tldr.HelpFormatter)
     tldr.add_common_flags(p)
     p.add_argument("--epochs", type=int, default=20, help="passes over the training subset")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="training images per step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="Adam weight decay (the paper trains with it)")
     p.add_argument("--width", type=int, default=32, help="channels of the first conv block (the second has twice)")
     p.add_argument("--hidden", type=int, default=128, help="size of the hidden fully connected layer (the features)")
-    p.add_argument("--dropout", type=float, default=0.25)
+    p.add_argument("--dropout", type=float, default=0.25, help="dropout after each conv block and the hidden layer")
     p.add_argument("--premises-images", type=int, default=1000,
                    help="measure the premises (confidence, input- and weight-gradient norms) on at most this "
                         "many images of each set (training subset, held-out, test), drawn by --seed")
