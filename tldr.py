@@ -198,14 +198,6 @@ class Generator(nn.Module):
             *up(2 * width + mat_dim, width, half - n + 1, 1, 0),  # [B, w, H/2, W/2]: 14 or 16
             nn.ConvTranspose2d(width, channels, 4, 2, 1))          # [B, C, H, W]:     28 or 32
         self.squash = nn.Sigmoid() if output == "sigmoid" else nn.Identity()
-        # Choice: DCGAN's initialisation (Radford et al. 2016), w ~ N(0, 0.02) for the
-        # transposed convolutions, BN scale ~ N(1, 0.02), biases 0. With PyTorch's default
-        # initialisation the seed decided whether a generator made digits or one stroke
-        # fragment per class (README, tuning notes).
-        for m in self.modules():
-            if isinstance(m, (nn.ConvTranspose2d, nn.BatchNorm2d)):
-                nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
-                nn.init.zeros_(m.bias)
 
     def forward(self, z, labels, p, matrix):
         """z [B, latent], labels [B], P [B, N], matrix [B, 1, N, N] -> images [B, C, H, W]."""

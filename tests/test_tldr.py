@@ -376,21 +376,6 @@ def test_generator_shapes(conditioning, channels, size):
     assert out.shape == (3, channels, size, size)
 
 
-def test_generator_initialisation():
-    # DCGAN's: transposed-conv weights ~ N(0, 0.02), BN scales ~ N(1, 0.02), every bias 0.
-    # PyTorch's defaults differ on each count (conv std 0.007-0.03 by fan-in, BN scale 1, conv bias != 0).
-    torch.manual_seed(0)
-    gen = tldr.Generator(conditioning="vector-matrix", channels=1, image_size=28)
-    convs = [m for m in gen.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
-    norms = [m for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert len(convs) == 4 and len(norms) == 3
-    for m in convs:
-        assert abs(m.weight.mean().item()) < 0.002 and abs(m.weight.std().item() - 0.02) < 0.002
-    for m in norms:
-        assert abs(m.weight.mean().item() - 1) < 0.01 and abs(m.weight.std().item() - 0.02) < 0.006
-    assert all((m.bias == 0).all() for m in convs + norms)
-
-
 def test_generator_output_squashing():
     z, labels = torch.randn(8, 64), torch.arange(8)
     p, matrix = tldr.sample_conditioning(labels, hot=True)
