@@ -4,6 +4,7 @@ early run in this process, as __main__ all the same, to save the start-up time."
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -172,6 +173,15 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
 def test_bad_arguments(script, args, needles, tmp_path):
     one_line_error(run_in_process(script, "--out-dir", tmp_path, *args), *needles)
     assert not os.listdir(tmp_path)  # nothing written
+
+
+@pytest.mark.parametrize("script", ["train_classifier.py", "invert.py", "reconstruct.py"])
+def test_help_shows_every_default(script):
+    result = run_in_process(script, "--help")
+    assert result.returncode == 0
+    options = [o for o in re.split(r"\n  (?=-)", result.stdout.split("options:")[1]) if o.startswith("--")]
+    assert len(options) > 10
+    assert [o.split()[0] for o in options if "(default:" not in o] == []
 
 
 def test_missing_data_without_internet(tmp_path):
