@@ -179,7 +179,8 @@ def test_bad_arguments(script, args, needles, tmp_path):
 def test_help_shows_every_default(script):
     result = run_in_process(script, "--help")
     assert result.returncode == 0
-    options = [o for o in re.split(r"\n  (?=-)", result.stdout.split("options:")[1]) if o.startswith("--")]
+    listing = re.split(r"(?:options|optional arguments):", result.stdout)[1]  # "optional arguments:" before Python 3.10
+    options = [o for o in re.split(r"\n  (?=-)", listing) if o.startswith("--")]
     assert len(options) > 10
     assert [o.split()[0] for o in options if "(default:" not in o] == []
 
