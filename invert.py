@@ -27,7 +27,9 @@ import train_classifier
 
 # Default loss weights and epsilon: (inversion, reconstruction). alpha' (alpha_pert),
 # beta' (beta_pert), eta1..3 and eta_bn are 0 in inversion, which is exactly L_Inv.
-DEFAULTS = {"alpha": (1.0, 1.0), "beta": (1.0, 1.0), "gamma": (1.0, 1.0), "delta": (1.0, 1.0),
+# Choice: gamma = delta = 10 in reconstruction, where hot vectors give no diversity of
+# their own: fewer generators collapse to one shape per class (README, tuning notes).
+DEFAULTS = {"alpha": (1.0, 1.0), "beta": (1.0, 1.0), "gamma": (1.0, 10.0), "delta": (1.0, 10.0),
             "alpha_pert": (0.0, 1.0), "beta_pert": (0.0, 1.0), "eta1": (0.0, 0.05),
             "eta2": (0.0, 1.0), "eta3": (0.0, 1.0), "eta_bn": (0.0, 10.0)}
 HELP = {"alpha": "weight of L_KL", "beta": "weight of L_CE", "gamma": "weight of L_Cosine",

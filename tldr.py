@@ -284,13 +284,20 @@ def bn_loss(classifier, images):
     # weights, so asking generated batches to match them (DeepInversion, Yin et al. 2020)
     # uses only what the paper's attacker has. Without it, and without the sigmoid output,
     # reconstructions stay noise-like at CPU-sized budgets (README, tuning table).
+    # Choice: the classifier's dropout is active here (the batch norms still use their
+    # running statistics), because the running statistics were gathered in training,
+    # with dropout on. Dropout raises the variance of what the next layer sees: the
+    # classifier's own training images, read in eval mode, have about 15% less variance
+    # at the second batch norm than its running statistics, and match them with dropout
+    # on. Without it L_BN asks generated images for that extra variance (README, tuning notes).
     h = (images - classifier.mean) / classifier.std  # the normalisation inside forward()
     loss = images.new_zeros(())
     for layer in classifier.conv:
         if isinstance(layer, nn.BatchNorm2d):
             mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)  # [C_l] each
             loss = loss + (mean - layer.running_mean).norm() + (var - layer.running_var).norm()
-        h = layer(h)
+        # dropout as in training: zero each value with probability p, scale the rest by 1/(1-p)
+        h = F.dropout(h, layer.p, training=True) if isinstance(layer, nn.Dropout) else layer(h)
     return loss
 
 

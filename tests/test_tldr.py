@@ -120,13 +120,19 @@ def ref_pix_paper(images):
     return total
 
 
-def ref_bn(clf, images):
+def ref_bn(clf, images, dropout=True):
     # L_BN = sum_l ||mean_b(h_l) - mu_l|| + ||var_b(h_l) - sigma_l^2||, h_l read by forward hooks
-    # on the batch-norm layers during an ordinary forward pass (not by re-running the layers).
+    # on the batch-norm layers during an ordinary forward pass (not by re-running the layers),
+    # with the dropout modules in training mode (dropout=True, as tldr.bn_loss) or not.
     inputs = []
     hooks = [m.register_forward_hook(lambda m, i, o: inputs.append((m, i[0])))
              for m in clf.modules() if isinstance(m, nn.BatchNorm2d)]
+    drops = [m for m in clf.modules() if isinstance(m, nn.Dropout)]
+    for m in drops:
+        m.train(dropout)
     clf(images)
+    for m in drops:
+        m.eval()
     for h in hooks:
         h.remove()
     total = 0
@@ -267,7 +273,31 @@ def test_pix_by_hand_and_batch_mean():
 def test_bn_matches_reference():
     clf = float64_classifier(1, 28)
     images = torch.rand(5, 1, 28, 28, dtype=torch.float64) * 1.2 - 0.1
-    check_against_reference(lambda x: tldr.bn_loss(clf, x), lambda x: ref_bn(clf, x), images)
+    # Both draw the same dropout masks: the same seed, the first dropout layer first.
+    check_against_reference(lambda x: (torch.manual_seed(0), tldr.bn_loss(clf, x))[1],
+                            lambda x: (torch.manual_seed(0), ref_bn(clf, x))[1], images)
+    # and the dropout is on: without it the second layer's statistics differ
+    torch.manual_seed(0)
+    assert (tldr.bn_loss(clf, images) - ref_bn(clf, images, dropout=False)).abs() > 1e-3
+
+
+def test_bn_with_dropout_reads_statistics_the_way_training_stored_them():
+    # Running statistics gathered in training mode (dropout on) on a fixed batch x: L_BN of x
+    # itself is then near 0 with dropout on, and larger with it off (less variance after it).
+    torch.manual_seed(0)
+    clf = tldr.Classifier(channels=1, image_size=8, width=4, hidden=8, dropout=0.5).double()
+    for m in clf.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # running statistics = plain average over the passes
+    x = torch.rand(256, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        clf.train()
+        for _ in range(50):
+            clf(x)
+        clf.eval()
+        with_dropout = torch.stack([tldr.bn_loss(clf, x) for _ in range(20)]).mean()
+        without = ref_bn(clf, x, dropout=False)
+    assert with_dropout < without / 3, (with_dropout, without)
 
 
 def test_bn_by_hand():
@@ -533,11 +563,14 @@ def recon_setup():
 
 def test_reconstruction_terms_are_the_losses(recon_setup):
     clf, images, labels, p = recon_setup
+    torch.manual_seed(0)
     terms = tldr.reconstruction_losses(clf, images, labels, p, epsilon=0.0)  # no perturbation
     assert set(terms) == set(tldr.TERMS)
     assert all(v.dim() == 0 for v in terms.values())
     with torch.no_grad():
         logits, features = clf(images)
+        torch.manual_seed(0)
+        torch.rand_like(images)  # the perturbation's draw, so L_BN's dropout masks come next
         expected = {"kl": ref_kl(p, logits), "ce": ref_ce(logits, labels), "cos": ref_cosine(features),
                     "ortho": ref_ortho(features), "kl_pert": ref_kl(p, logits), "ce_pert": ref_ce(logits, labels),
                     "var": ref_var(images), "pix": ref_pix_paper(images) / len(images), "bn": ref_bn(clf, images)}
