@@ -277,9 +277,10 @@ def pix_loss(images):
 def bn_loss(classifier, images):
     # L_BN = sum over the classifier's batch-norm layers l of
     #        || mean_b(h_l) - mu_l ||_2 + || var_b(h_l) - sigma_l^2 ||_2
-    # h_l [B, C_l, H_l, W_l] = the input of layer l for the generated batch; mean_b and
-    # var_b are per channel over batch and positions; mu_l, sigma_l^2 = the layer's running
-    # statistics, i.e. the statistics of the classifier's own training data.
+    # h_l [B, C_l, H_l, W_l] = the input of layer l for the generated batch, read with the
+    # classifier's dropout on (the Choice below); mean_b and var_b are per channel over
+    # batch and positions; mu_l, sigma_l^2 = the layer's running statistics, i.e. the
+    # statistics of the classifier's own training data.
     # Deviation: not in the paper. The batch-norm statistics are part of the shared
     # weights, so asking generated batches to match them (DeepInversion, Yin et al. 2020)
     # uses only what the paper's attacker has. Without it, and without the sigmoid output,
