@@ -67,6 +67,10 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
         p.add_argument("--soft-vectors", action="store_true",
                        help="condition on soft vectors, as in inversion, instead of hot ones (an ablation)")
     p.add_argument("--samples-per-class", type=int, default=100, help="images saved per class and generator")
+    # Choice: 3 in reconstruction (README, tuning notes); 1 keeps every image drawn, as the paper does.
+    p.add_argument("--draws", type=int, default=3 if reconstruct else 1,
+                   help="draw this many times --samples-per-class images per class and keep the ones "
+                        "the classifier is most confident on (1: keep all)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="save the training state every so many steps")
     p.add_argument("--log-every", type=int, default=50, help="print the loss terms every so many steps")
     p.add_argument("--run-dir", default=None,
@@ -74,7 +78,7 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     args = p.parse_args(argv)
     args.reconstruct = reconstruct
     args.hot = reconstruct and not getattr(args, "soft_vectors", False)  # the flag is reconstruct.py's
-    for flag in ("generators", "steps", "batch_size", "samples_per_class", "checkpoint_every", "log_every"):
+    for flag in ("generators", "steps", "batch_size", "samples_per_class", "draws", "checkpoint_every", "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.batch_size < 2:  # L_Cosine averages over pairs of images
@@ -193,7 +197,7 @@ def run(args, log=print):
     images, labels, gen_ids, terms = [], [], [], []
     for k in range(args.generators):
         gen, last = train_one(k, args, classifier, device, run_dir, log)
-        x, y = tldr.sample(gen, args.samples_per_class, args.hot, device)
+        x, y = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
         images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k)), terms.append(last)
     images, labels, gen_ids = torch.cat(images), torch.cat(labels), torch.cat(gen_ids)
     tldr.save_pt({"images": images, "labels": labels, "generator": gen_ids}, os.path.join(run_dir, "samples.pt"))

@@ -566,19 +566,32 @@ def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr
 
 
 @torch.no_grad()
-def sample(generator, per_class, hot, device, batch_size=500):
+def sample(generator, per_class, hot, device, classifier=None, draws=1, batch_size=500):
     """`per_class` images of every class: (images [N*per_class, C, H, W] in [0, 1], labels).
 
     Choice: the generator stays in train mode while sampling, so dropout and batch
     statistics keep varying the images (the paper credits dropout for diversity).
     Images are clamped to [0, 1], the valid range.
+    With `draws` > 1, `draws * per_class` images are drawn per class and the `per_class`
+    ones the `classifier` is most confident on are kept, in the order drawn.
     """
     generator.train()
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class * draws)  # class-major
     latent_dim = generator.config["latent_dim"]
-    out = [generate(generator, y, hot, latent_dim, device)[0].clamp(0, 1).cpu()
-           for y in labels.split(batch_size)]
-    return torch.cat(out), labels
+    images = torch.cat([generate(generator, y, hot, latent_dim, device)[0].clamp(0, 1).cpu()
+                        for y in labels.split(batch_size)])
+    if draws == 1:
+        return images, labels
+    # Choice (sampling, not in the paper): the paper's first premise, used by the attacker
+    # at sampling time: training-like images are those the classifier is surest of.
+    # log P(y|x) = log_softmax(f(x))[y], the order of the confidence P(y|x) without its rounding to 1.
+    log_conf = torch.cat([F.log_softmax(classifier(x.to(device))[0], 1).gather(1, y[:, None].to(device))[:, 0].cpu()
+                          for x, y in zip(images.split(batch_size), labels.split(batch_size))])  # [N*draws*per_class]
+    # Per class, the per_class largest, in draw order. Naive reference: for each class c,
+    #   rows = (labels == c).nonzero(); keep rows[log_conf[rows].argsort(descending=True)[:per_class]].sort()
+    best = log_conf.view(NUM_CLASSES, draws * per_class).topk(per_class, dim=1).indices.sort(dim=1).values
+    keep = (best + draws * per_class * torch.arange(NUM_CLASSES)[:, None]).flatten()  # [N*per_class] into images
+    return images[keep], labels[keep]
 
 
 # ---------------------------------------------------------------------------------

@@ -606,3 +606,19 @@ def test_grad_norm_of_a_saturated_classifier_has_finite_image_gradients():
     for norms in (tldr.grad_norms, tldr.grad_norms_fast):
         (g,) = torch.autograd.grad(norms(clf, x, y).sum(), x)
         assert torch.isfinite(g).all()
+
+
+def test_sample_keeps_the_images_the_classifier_is_most_confident_on():
+    gen = tldr.Generator(conditioning="vector-matrix", channels=1, image_size=28, width=16)
+    clf = tldr.Classifier(channels=1, image_size=28, width=8, hidden=16).eval()
+    torch.manual_seed(1)
+    every_x, every_y = tldr.sample(gen, 6, True, "cpu")          # draws=1: all 6 per class
+    torch.manual_seed(1)
+    x, y = tldr.sample(gen, 2, True, "cpu", clf, draws=3)        # the same 6 drawn, 2 kept
+    assert x.shape == (2 * N, 1, 28, 28) and torch.equal(y, torch.arange(N).repeat_interleave(2))
+    with torch.no_grad():
+        conf = F.softmax(clf(every_x)[0].double(), 1)[torch.arange(len(every_y)), every_y]  # P(y|x)
+    for c in range(N):
+        rows = (every_y == c).nonzero()[:, 0]
+        expected = rows[conf[rows].argsort(descending=True)[:2]].sort().values  # the 2 surest, in draw order
+        assert torch.equal(x[y == c], every_x[expected])
