@@ -63,6 +63,9 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
                    help="size of the L-infinity perturbation (uniform noise) for the ^pert terms" + only)
     p.add_argument("--fast-grad-norm", action="store_true",
                    help="compute L_Grad with the exact one-backward-pass method instead of torch.func" + only)
+    p.add_argument("--flip", action="store_true",
+                   help="show the classifier the generated batch mirrored left-right at random (half the steps); "
+                        "for mirror-symmetric classes such as clothes, not digits")
     if reconstruct:
         p.add_argument("--soft-vectors", action="store_true",
                        help="condition on soft vectors, as in inversion, instead of hot ones (an ablation)")
@@ -127,11 +130,11 @@ def train_one(k, args, classifier, device, run_dir, log):
     # Everything that shapes the training; a run resumes only with all of it unchanged.
     meta = {"kind": "generator", "config": gen.config, "dataset": args.dataset, "steps": args.steps,
             "reconstruct": args.reconstruct, "hot": args.hot, "batch_size": args.batch_size, "lr": args.lr,
-            "weights": weights, "epsilon": args.epsilon, "index": k}
+            "weights": weights, "epsilon": args.epsilon, "flip": args.flip, "index": k}
     state = None
     if args.resume and os.path.exists(path):
         state = tldr.load_checkpoint(path, "generator")
-        for key in ("config", "dataset", "steps", "reconstruct", "hot", "batch_size", "lr", "weights", "epsilon"):
+        for key in ("config", "dataset", "steps", "reconstruct", "hot", "batch_size", "lr", "weights", "epsilon", "flip"):
             if state.get(key) != meta[key]:
                 raise tldr.TLDRError(f"{path}: was started with {key}={state.get(key)}, not {meta[key]}; "
                                      "resume with the same flags, or use --overwrite")
@@ -140,7 +143,7 @@ def train_one(k, args, classifier, device, run_dir, log):
         state = tldr.train_generator(
             gen, classifier, reconstruct=args.reconstruct, steps=args.steps, batch_size=args.batch_size,
             lr=args.lr, weights=weights, epsilon=args.epsilon, device=device,
-            grad_method="fast" if args.fast_grad_norm else "func", hot=args.hot, state=state,
+            grad_method="fast" if args.fast_grad_norm else "func", hot=args.hot, flip=args.flip, state=state,
             save=lambda s: tldr.save_pt(meta | s, path), checkpoint_every=args.checkpoint_every,
             log_every=args.log_every, log=lambda line: log(f"generator {k}: {line}"))
     except tldr.TLDRError as e:  # say which generator stopped (a non-finite loss, Ctrl-C); same type

@@ -513,13 +513,14 @@ def generate(generator, labels, hot, latent_dim, device):
 
 
 def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr, weights,
-                    epsilon, device, grad_method="func", hot=None, state=None, save=None,
+                    epsilon, device, grad_method="func", hot=None, flip=False, state=None, save=None,
                     checkpoint_every=100, log_every=50, log=print):
     """Train `generator` against the frozen `classifier` (eval mode) for `steps` steps.
 
     Inversion: soft vectors, L_Inv. Reconstruction: hot vectors, L_Recon (`hot=False`
     gives reconstruction with soft vectors, an ablation). Labels are
-    uniform over the classes. `save(state)` is called every `checkpoint_every` steps,
+    uniform over the classes. `flip`: at each step, with probability 1/2, the classifier
+    sees the batch mirrored left-right. `save(state)` is called every `checkpoint_every` steps,
     at the end, and when stopped. Returns the final state, with the last loss terms.
     """
     classifier.eval().requires_grad_(False)
@@ -543,6 +544,11 @@ def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr
             generator.train()
             labels = torch.randint(NUM_CLASSES, (batch_size,))
             images, labels, p = generate(generator, labels, hot, latent_dim, device)
+            if flip and torch.rand(()) < 0.5:
+                # Choice (not in the paper; an augmentation of DeepInversion, Yin et al. 2020):
+                # the images must convince the classifier either way round, for classes
+                # that are mirror-symmetric (clothes, objects; not digits).
+                images = images.flip(3)  # [B, C, H, W], W reversed
             if reconstruct:
                 terms = reconstruction_losses(classifier, images, labels, p, epsilon, grad_method)
             else:

@@ -5,6 +5,7 @@ the paper's equation (plain loops, no call to the function under test), value AN
 gradient, plus one case small enough to work out by hand. L_Grad is checked three
 ways (torch.func, a per-image loop, the fast path) and against a gradient built by hand.
 """
+import copy
 import math
 
 import pytest
@@ -622,3 +623,32 @@ def test_sample_keeps_the_images_the_classifier_is_most_confident_on():
         rows = (every_y == c).nonzero()[:, 0]
         expected = rows[conf[rows].argsort(descending=True)[:2]].sort().values  # the 2 surest, in draw order
         assert torch.equal(x[y == c], every_x[expected])
+
+
+def test_flip_shows_the_classifier_the_batch_mirrored_half_the_time():
+    """train_generator(flip=True): a step's terms are those of its batch mirrored left-right
+    when the step's coin comes up, and of the batch itself otherwise."""
+    clf = tldr.Classifier(channels=1, image_size=28, width=4, hidden=8).eval()
+    gen = tldr.Generator(conditioning="vector-matrix", channels=1, image_size=28, latent_dim=4, width=4)
+    start = copy.deepcopy(gen.state_dict())
+    weights = {w: 1.0 for w in tldr.TERMS.values()}
+    coins = set()
+    for seed in range(6):
+        gen.load_state_dict(start)
+        gen.train()
+        torch.manual_seed(seed)  # the batch and the coin, drawn in train_generator's order
+        images, labels, p = tldr.generate(gen, torch.randint(N, (4,)), False, 4, "cpu")
+        mirrored = bool(torch.rand(()) < 0.5)
+        with torch.no_grad():
+            expected = tldr.inversion_losses(clf, images.flip(3) if mirrored else images, labels, p)
+            unflipped = tldr.inversion_losses(clf, images, labels, p)
+        if mirrored:
+            assert abs(expected["kl"] - unflipped["kl"]) > 1e-4  # the mirror shows
+        gen.load_state_dict(start)
+        torch.manual_seed(seed)
+        state = tldr.train_generator(gen, clf, reconstruct=False, steps=1, batch_size=4, lr=1e-3,
+                                     weights=weights, epsilon=0.1, device="cpu", flip=True,
+                                     log=lambda line: None)
+        assert state["terms"] == pytest.approx({k: v.item() for k, v in expected.items()}, rel=1e-5)
+        coins.add(mirrored)
+    assert coins == {True, False}
