@@ -7,7 +7,7 @@ class it was conditioned on, under L_Inv = alpha*L_KL + beta*L_CE + gamma*L_Cosi
 + delta*L_Ortho with soft conditioning vectors. reconstruct.py runs this same script
 with hot vectors and the reconstruction terms of section 3.4 switched on.
 
-Writes <out-dir>/<invert|reconstruct>-<dataset>-<subset>-<conditioning>-seed<seed>/:
+Writes <out-dir>/<invert|reconstruct>-<dataset>-<subset>-<conditioning>[-flip]-seed<seed>/:
 generator<k>.pt, samples.pt, grid.png, nearest.png, metrics.json, args.json. When
 --classifier is not given, the classifier for --dataset/--subset/--seed is taken from
 where train_classifier.py puts it, and trained first if it is not there.
@@ -77,7 +77,7 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     p.add_argument("--checkpoint-every", type=int, default=100, help="save the training state every so many steps")
     p.add_argument("--log-every", type=int, default=50, help="print the loss terms every so many steps")
     p.add_argument("--run-dir", default=None,
-                   help="default: <out-dir>/<mode>-<dataset>-<subset>-<conditioning>-seed<seed>")
+                   help="default: <out-dir>/<mode>-<dataset>-<subset>-<conditioning>[-flip]-seed<seed>")
     args = p.parse_args(argv)
     args.reconstruct = reconstruct
     args.hot = reconstruct and not getattr(args, "soft_vectors", False)  # the flag is reconstruct.py's
@@ -184,8 +184,9 @@ def run(args, log=print):
     device = tldr.pick_device(args.device)
     tldr.check_subset(args)
     mode = "reconstruct" if args.reconstruct else "invert"
+    flip = "-flip" if args.flip else ""
     run_dir = args.run_dir or os.path.join(
-        args.out_dir, f"{mode}-{args.dataset}-{args.subset or 'full'}-{args.conditioning}-seed{args.seed}")
+        args.out_dir, f"{mode}-{args.dataset}-{args.subset or 'full'}-{args.conditioning}{flip}-seed{args.seed}")
     classifier, clf_ckpt = get_classifier(args, device, log)  # a bad --classifier changes no run folder
     if tldr.prepare_run_dir(run_dir, "metrics.json", args):
         log(f"{run_dir} is already finished; nothing to resume")

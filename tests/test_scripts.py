@@ -145,7 +145,7 @@ def test_invert_trains_the_default_classifier_first(data_root, out_dir):
 
 @pytest.mark.parametrize("dataset,extra", [("mnist", ["--fast-grad-norm", "--conditioning", "label"]),
                                            ("cifar10", ["--conditioning", "matrix", "--soft-vectors",
-                                                        "--output", "linear"])])
+                                                        "--output", "linear", "--flip"])])
 def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     run_dir = os.path.join(out_dir, f"reconstruct-{dataset}")
     p = run_script("reconstruct.py", "--dataset", dataset, "--subset", SUBSET, "--data-root", data_root,
@@ -158,6 +158,7 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     ckpt = tldr.load_checkpoint(os.path.join(run_dir, "generator0.pt"), "generator")
     assert ckpt["hot"] == ("--soft-vectors" not in extra)
     assert ckpt["config"]["output"] == ("linear" if "linear" in extra else "sigmoid")
+    assert ckpt["flip"] == ("--flip" in extra)
 
 
 @pytest.mark.parametrize("script,args,needles", [
