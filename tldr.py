@@ -590,8 +590,8 @@ def sample(generator, per_class, hot, device, classifier=None, draws=1, batch_si
         return images, labels
     # Choice (sampling, not in the paper): the paper's first premise, used by the attacker
     # at sampling time: training-like images are those the classifier is surest of.
-    # log P(y|x) = log_softmax(f(x))[y], the order of the confidence P(y|x) without its rounding to 1.
-    log_conf = torch.cat([F.log_softmax(classifier(x.to(device))[0], 1).gather(1, y[:, None].to(device))[:, 0].cpu()
+    # log P(y|x) = -cross-entropy (as in premises): the order of P(y|x), without its rounding to 1.
+    log_conf = torch.cat([-F.cross_entropy(classifier(x.to(device))[0], y.to(device), reduction="none").cpu()
                           for x, y in zip(images.split(batch_size), labels.split(batch_size))])  # [N*draws*per_class]
     # Per class, the per_class largest, in draw order. Naive reference: for each class c,
     #   rows = (labels == c).nonzero(); keep rows[log_conf[rows].argsort(descending=True)[:per_class]].sort()
