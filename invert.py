@@ -133,7 +133,7 @@ def train_one(k, args, classifier, device, run_dir, log):
             "weights": weights, "epsilon": args.epsilon, "flip": args.flip, "index": k}
     state = None
     if args.resume and os.path.exists(path):
-        state = tldr.load_checkpoint(path, "generator")
+        state = {"flip": False} | tldr.load_checkpoint(path, "generator")  # saved before --flip existed: no flip
         for key in ("config", "dataset", "steps", "reconstruct", "hot", "batch_size", "lr", "weights", "epsilon", "flip"):
             if state.get(key) != meta[key]:
                 raise tldr.TLDRError(f"{path}: was started with {key}={state.get(key)}, not {meta[key]}; "

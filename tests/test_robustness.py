@@ -197,16 +197,30 @@ def test_corrupt_generator_checkpoint_on_resume(runs, data_root, tmp_path):
     assert hashes(run_dir) == before
 
 
-@pytest.mark.parametrize("flag,value", [("--lr", "0.01"), ("--eta3", "2"), ("--batch-size", "4")])
-def test_resume_with_other_training_flags_is_refused(flag, value, runs, data_root, tmp_path):
+@pytest.mark.parametrize("flags", [["--lr", "0.01"], ["--eta3", "2"], ["--batch-size", "4"], ["--flip"]])
+def test_resume_with_other_training_flags_is_refused(flags, runs, data_root, tmp_path):
     run_dir = str(tmp_path / "run")
     shutil.copytree(runs["reconstruct_dir"], run_dir)
     os.remove(os.path.join(run_dir, "metrics.json"))  # a stopped run
     before = hashes(run_dir)
     p = run_in_process("reconstruct.py", *GENERATORS, "--classifier", runs["classifier"], "--data-root", data_root,
-                       "--run-dir", run_dir, "--resume", flag, value)
+                       "--run-dir", run_dir, "--resume", *flags)
     one_line_error(p, os.path.join(run_dir, "generator0.pt"), "was started with", "resume with the same flags")
     assert hashes(run_dir) == before
+
+
+def test_checkpoints_from_before_flip_resume_without_it(runs, data_root, tmp_path):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(runs["reconstruct_dir"], run_dir)
+    os.remove(os.path.join(run_dir, "metrics.json"))  # a stopped run ...
+    for k in range(2):                                 # ... whose checkpoints have no "flip" key
+        path = os.path.join(run_dir, f"generator{k}.pt")
+        ckpt = tldr.load_checkpoint(path, "generator")
+        del ckpt["flip"]
+        tldr.save_pt(ckpt, path)
+    ok(run_in_process("reconstruct.py", *GENERATORS, "--classifier", runs["classifier"], "--data-root", data_root,
+                      "--run-dir", run_dir, "--resume"))
+    assert os.path.exists(os.path.join(run_dir, "metrics.json"))
 
 
 def test_finished_run_is_not_overwritten(runs, data_root):
