@@ -7,7 +7,7 @@ class it was conditioned on, under L_Inv = alpha*L_KL + beta*L_CE + gamma*L_Cosi
 + delta*L_Ortho with soft conditioning vectors. reconstruct.py runs this same script
 with hot vectors and the reconstruction terms of section 3.4 switched on.
 
-Writes <out-dir>/<invert|reconstruct>-<dataset>-<subset>-<conditioning>[-flip]-seed<seed>/:
+Writes <out-dir>/<invert|reconstruct>-<dataset>-<subset>-<conditioning>[-shift<N>][-flip]-seed<seed>/:
 generator<k>.pt, samples.pt, grid.png, nearest.png, metrics.json, args.json. When
 --classifier is not given, the classifier for --dataset/--subset/--seed is taken from
 where train_classifier.py puts it, and trained first if it is not there.
@@ -63,9 +63,13 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
                    help="size of the L-infinity perturbation (uniform noise) for the ^pert terms" + only)
     p.add_argument("--fast-grad-norm", action="store_true",
                    help="compute L_Grad with the exact one-backward-pass method instead of torch.func" + only)
-    p.add_argument("--flip", action="store_true",
-                   help="show the classifier the generated batch mirrored left-right at random (half the steps); "
-                        "for mirror-symmetric classes such as clothes, not digits")
+    p.add_argument("--shift", type=int, default=0,
+                   help="show the classifier the generated batch moved by up to this many pixels each way, "
+                        "at random each step (0: off)")
+    p.add_argument("--flip", type=int, nargs="*", metavar="CLASS", default=None,
+                   help="show the classifier the images of these classes (every class when none is named) "
+                        "mirrored left-right, at a random half of the steps; for classes that look the same "
+                        "mirrored, such as clothes seen from the front, not shoes seen from the side or digits")
     if reconstruct:
         p.add_argument("--soft-vectors", action="store_true",
                        help="condition on soft vectors, as in inversion, instead of hot ones (an ablation)")
@@ -77,7 +81,7 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     p.add_argument("--checkpoint-every", type=int, default=100, help="save the training state every so many steps")
     p.add_argument("--log-every", type=int, default=50, help="print the loss terms every so many steps")
     p.add_argument("--run-dir", default=None,
-                   help="default: <out-dir>/<mode>-<dataset>-<subset>-<conditioning>[-flip]-seed<seed>")
+                   help="default: <out-dir>/<mode>-<dataset>-<subset>-<conditioning>[-shift<N>][-flip]-seed<seed>")
     args = p.parse_args(argv)
     args.reconstruct = reconstruct
     args.hot = reconstruct and not getattr(args, "soft_vectors", False)  # the flag is reconstruct.py's
@@ -86,6 +90,12 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.batch_size < 2:  # L_Cosine averages over pairs of images
         p.error("--batch-size must be at least 2")
+    if args.shift < 0:
+        p.error("--shift must be 0 or more")
+    # None: no --flip; []: --flip alone, every class
+    args.flip = list(range(tldr.NUM_CLASSES)) if args.flip == [] else sorted(set(args.flip or []))
+    if any(not 0 <= c < tldr.NUM_CLASSES for c in args.flip):
+        p.error(f"--flip takes class numbers from 0 to {tldr.NUM_CLASSES - 1}")
     return args
 
 
@@ -130,11 +140,14 @@ def train_one(k, args, classifier, device, run_dir, log):
     # Everything that shapes the training; a run resumes only with all of it unchanged.
     meta = {"kind": "generator", "config": gen.config, "dataset": args.dataset, "steps": args.steps,
             "reconstruct": args.reconstruct, "hot": args.hot, "batch_size": args.batch_size, "lr": args.lr,
-            "weights": weights, "epsilon": args.epsilon, "flip": args.flip, "index": k}
+            "weights": weights, "epsilon": args.epsilon, "shift": args.shift, "flip": args.flip, "index": k}
     state = None
     if args.resume and os.path.exists(path):
-        state = {"flip": False} | tldr.load_checkpoint(path, "generator")  # saved before --flip existed: no flip
-        for key in ("config", "dataset", "steps", "reconstruct", "hot", "batch_size", "lr", "weights", "epsilon", "flip"):
+        state = {"shift": 0, "flip": False} | tldr.load_checkpoint(path, "generator")  # saved before these flags
+        if isinstance(state["flip"], bool):  # saved when --flip took no classes: every class or none
+            state["flip"] = list(range(tldr.NUM_CLASSES)) if state["flip"] else []
+        for key in ("config", "dataset", "steps", "reconstruct", "hot", "batch_size", "lr", "weights", "epsilon",
+                    "shift", "flip"):
             if state.get(key) != meta[key]:
                 raise tldr.TLDRError(f"{path}: was started with {key}={state.get(key)}, not {meta[key]}; "
                                      "resume with the same flags, or use --overwrite")
@@ -143,8 +156,8 @@ def train_one(k, args, classifier, device, run_dir, log):
         state = tldr.train_generator(
             gen, classifier, reconstruct=args.reconstruct, steps=args.steps, batch_size=args.batch_size,
             lr=args.lr, weights=weights, epsilon=args.epsilon, device=device,
-            grad_method="fast" if args.fast_grad_norm else "func", hot=args.hot, flip=args.flip, state=state,
-            save=lambda s: tldr.save_pt(meta | s, path), checkpoint_every=args.checkpoint_every,
+            grad_method="fast" if args.fast_grad_norm else "func", hot=args.hot, flip=args.flip, shift=args.shift,
+            state=state, save=lambda s: tldr.save_pt(meta | s, path), checkpoint_every=args.checkpoint_every,
             log_every=args.log_every, log=lambda line: log(f"generator {k}: {line}"))
     except tldr.TLDRError as e:  # say which generator stopped (a non-finite loss, Ctrl-C); same type
         raise type(e)(f"generator {k}: {e}") from None
@@ -184,9 +197,9 @@ def run(args, log=print):
     device = tldr.pick_device(args.device)
     tldr.check_subset(args)
     mode = "reconstruct" if args.reconstruct else "invert"
-    flip = "-flip" if args.flip else ""
+    augment = (f"-shift{args.shift}" if args.shift else "") + ("-flip" if args.flip else "")
     run_dir = args.run_dir or os.path.join(
-        args.out_dir, f"{mode}-{args.dataset}-{args.subset or 'full'}-{args.conditioning}{flip}-seed{args.seed}")
+        args.out_dir, f"{mode}-{args.dataset}-{args.subset or 'full'}-{args.conditioning}{augment}-seed{args.seed}")
     classifier, clf_ckpt = get_classifier(args, device, log)  # a bad --classifier changes no run folder
     if tldr.prepare_run_dir(run_dir, "metrics.json", args):
         log(f"{run_dir} is already finished; nothing to resume")

@@ -513,14 +513,15 @@ def generate(generator, labels, hot, latent_dim, device):
 
 
 def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr, weights,
-                    epsilon, device, grad_method="func", hot=None, flip=False, state=None, save=None,
+                    epsilon, device, grad_method="func", hot=None, flip=(), shift=0, state=None, save=None,
                     checkpoint_every=100, log_every=50, log=print):
     """Train `generator` against the frozen `classifier` (eval mode) for `steps` steps.
 
     Inversion: soft vectors, L_Inv. Reconstruction: hot vectors, L_Recon (`hot=False`
     gives reconstruction with soft vectors, an ablation). Labels are
-    uniform over the classes. `flip`: at each step, with probability 1/2, the classifier
-    sees the batch mirrored left-right. `save(state)` is called every `checkpoint_every` steps,
+    uniform over the classes. `shift`: at each step the classifier sees the batch moved by up
+    to `shift` pixels each way, at random. `flip`: classes whose images it sees mirrored
+    left-right, at a random half of the steps. `save(state)` is called every `checkpoint_every` steps,
     at the end, and when stopped. Returns the final state, with the last loss terms.
     """
     classifier.eval().requires_grad_(False)
@@ -544,11 +545,17 @@ def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr
             generator.train()
             labels = torch.randint(NUM_CLASSES, (batch_size,))
             images, labels, p = generate(generator, labels, hot, latent_dim, device)
-            if flip and torch.rand(()) < 0.5:
-                # Choice (not in the paper; an augmentation of DeepInversion, Yin et al. 2020):
-                # the images must convince the classifier either way round, for classes
-                # that are mirror-symmetric (clothes, objects; not digits).
-                images = images.flip(3)  # [B, C, H, W], W reversed
+            # Choices (not in the paper; augmentations of DeepInversion, Yin et al. 2020): the
+            # images must convince the classifier moved by a few pixels, and mirrored for the
+            # classes that look the same mirrored (clothes seen from the front; not shoes seen
+            # from the side, not digits). Random numbers are drawn only for what is switched on.
+            if shift:
+                dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()
+                images = images.roll((dy, dx), (2, 3))  # [B, C, H, W], rows and columns wrap round
+            if len(flip) and torch.rand(()) < 0.5:
+                mirror = torch.isin(labels, torch.tensor(flip, device=labels.device))  # [B] bool
+                # naive: for i in range(B): if mirror[i]: images[i] = images[i].flip(2)
+                images = torch.where(mirror[:, None, None, None], images.flip(3), images)  # W reversed where mirror
             if reconstruct:
                 terms = reconstruction_losses(classifier, images, labels, p, epsilon, grad_method)
             else:

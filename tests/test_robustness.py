@@ -197,7 +197,8 @@ def test_corrupt_generator_checkpoint_on_resume(runs, data_root, tmp_path):
     assert hashes(run_dir) == before
 
 
-@pytest.mark.parametrize("flags", [["--lr", "0.01"], ["--eta3", "2"], ["--batch-size", "4"], ["--flip"]])
+@pytest.mark.parametrize("flags", [["--lr", "0.01"], ["--eta3", "2"], ["--batch-size", "4"], ["--flip"],
+                                   ["--flip", "4"], ["--shift", "1"]])
 def test_resume_with_other_training_flags_is_refused(flags, runs, data_root, tmp_path):
     run_dir = str(tmp_path / "run")
     shutil.copytree(runs["reconstruct_dir"], run_dir)
@@ -209,18 +210,22 @@ def test_resume_with_other_training_flags_is_refused(flags, runs, data_root, tmp
     assert hashes(run_dir) == before
 
 
-def test_checkpoints_from_before_flip_resume_without_it(runs, data_root, tmp_path):
+@pytest.mark.parametrize("old,flags", [(None, []), (False, []), (True, ["--flip"])])
+def test_checkpoints_from_before_shift_and_flip_classes_resume(old, flags, runs, data_root, tmp_path):
+    """Checkpoints saved before --shift (no "shift" key) and before --flip took classes
+    ("flip" absent, or True / False for every class / none) resume with the same flags."""
     run_dir = str(tmp_path / "run")
     shutil.copytree(runs["reconstruct_dir"], run_dir)
     os.remove(os.path.join(run_dir, "metrics.json"))  # a stopped run ...
-    for k in range(2):                                 # ... whose checkpoints have no "flip" key
+    for k in range(2):                                 # ... whose checkpoints are of the older kind
         path = os.path.join(run_dir, f"generator{k}.pt")
         ckpt = tldr.load_checkpoint(path, "generator")
-        del ckpt["flip"]
-        tldr.save_pt(ckpt, path)
-    ok(run_in_process("reconstruct.py", *GENERATORS, "--classifier", runs["classifier"], "--data-root", data_root,
-                      "--run-dir", run_dir, "--resume"))
-    assert os.path.exists(os.path.join(run_dir, "metrics.json"))
+        del ckpt["shift"], ckpt["flip"]
+        tldr.save_pt(ckpt if old is None else ckpt | {"flip": old}, path)
+    p = run_in_process("reconstruct.py", *GENERATORS, "--classifier", runs["classifier"], "--data-root", data_root,
+                       "--run-dir", run_dir, "--resume", *flags)
+    ok(p)
+    assert "resuming at step" in p.stdout and os.path.exists(os.path.join(run_dir, "metrics.json"))
 
 
 def test_finished_run_is_not_overwritten(runs, data_root):

@@ -145,7 +145,7 @@ def test_invert_trains_the_default_classifier_first(data_root, out_dir):
 
 @pytest.mark.parametrize("dataset,extra", [("mnist", ["--fast-grad-norm", "--conditioning", "label"]),
                                            ("cifar10", ["--conditioning", "matrix", "--soft-vectors",
-                                                        "--output", "linear", "--flip"])])
+                                                        "--output", "linear", "--shift", "1", "--flip", "3", "1", "3"])])
 def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     run_dir = os.path.join(out_dir, f"reconstruct-{dataset}")
     p = run_script("reconstruct.py", "--dataset", dataset, "--subset", SUBSET, "--data-root", data_root,
@@ -158,7 +158,7 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     ckpt = tldr.load_checkpoint(os.path.join(run_dir, "generator0.pt"), "generator")
     assert ckpt["hot"] == ("--soft-vectors" not in extra)
     assert ckpt["config"]["output"] == ("linear" if "linear" in extra else "sigmoid")
-    assert ckpt["flip"] == ("--flip" in extra)
+    assert (ckpt["shift"], ckpt["flip"]) == ((1, [1, 3]) if "--flip" in extra else (0, []))  # sorted, once each
 
 
 @pytest.mark.parametrize("script,args,needles", [
@@ -168,6 +168,8 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     ("invert.py", ["--subset", -5], ["--subset", "60000", "got -5"]),
     ("train_classifier.py", ["--subset", 60001], ["--subset", "60000", "got 60001"]),
     ("invert.py", ["--steps", 0], ["--steps"]),
+    ("reconstruct.py", ["--flip", 2, 10], ["--flip", "0 to 9"]),
+    ("invert.py", ["--shift", -1], ["--shift", "0 or more"]),
     ("train_classifier.py", ["--premises-images", 0], ["--premises-images"]),
     ("train_classifier.py", ["--resume", "--overwrite"], ["--resume", "--overwrite"]),
 ])

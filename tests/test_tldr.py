@@ -625,30 +625,41 @@ def test_sample_keeps_the_images_the_classifier_is_most_confident_on():
         assert torch.equal(x[y == c], every_x[expected])
 
 
-def test_flip_shows_the_classifier_the_batch_mirrored_half_the_time():
-    """train_generator(flip=True): a step's terms are those of its batch mirrored left-right
-    when the step's coin comes up, and of the batch itself otherwise."""
+@pytest.mark.parametrize("shift,flip", [(0, list(range(N))), (2, [1, 4, 5, 8]), (1, [])])
+def test_shift_and_flip_show_the_classifier_the_batch_moved_and_mirrored(shift, flip):
+    """train_generator(shift=, flip=): a step's terms are those of its batch rolled by the
+    step's (dy, dx), then, when the step's coin comes up, with the images of the `flip`
+    classes mirrored left-right, image by image; with neither, of the batch itself."""
     clf = tldr.Classifier(channels=1, image_size=28, width=4, hidden=8).eval()
     gen = tldr.Generator(conditioning="vector-matrix", channels=1, image_size=28, latent_dim=4, width=4)
     start = copy.deepcopy(gen.state_dict())
     weights = {w: 1.0 for w in tldr.TERMS.values()}
-    coins = set()
+    moved, coins = set(), set()
     for seed in range(6):
         gen.load_state_dict(start)
         gen.train()
-        torch.manual_seed(seed)  # the batch and the coin, drawn in train_generator's order
-        images, labels, p = tldr.generate(gen, torch.randint(N, (4,)), False, 4, "cpu")
-        mirrored = bool(torch.rand(()) < 0.5)
+        torch.manual_seed(seed)  # the batch, the shift and the coin, drawn in train_generator's order
+        images, labels, p = tldr.generate(gen, torch.randint(N, (8,)), False, 4, "cpu")
+        x = images.detach().clone()
+        if shift:
+            dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()
+            x = torch.cat([x[:, :, -dy:], x[:, :, :-dy]], 2) if dy else x  # rows down by dy, wrapping
+            x = torch.cat([x[..., -dx:], x[..., :-dx]], 3) if dx else x  # columns right by dx
+            moved.add((dy, dx) != (0, 0))
+        mirrored = bool(flip) and bool(torch.rand(()) < 0.5)
+        for i in range(len(x)):
+            if mirrored and labels[i] in flip:
+                x[i] = x[i, :, :, torch.arange(27, -1, -1)]  # column j <- column 27 - j
         with torch.no_grad():
-            expected = tldr.inversion_losses(clf, images.flip(3) if mirrored else images, labels, p)
-            unflipped = tldr.inversion_losses(clf, images, labels, p)
-        if mirrored:
-            assert abs(expected["kl"] - unflipped["kl"]) > 1e-4  # the mirror shows
+            expected = tldr.inversion_losses(clf, x, labels, p)
+            plain = tldr.inversion_losses(clf, images, labels, p)
+        if mirrored or shift and (dy, dx) != (0, 0):
+            assert max(abs(expected[k] / plain[k] - 1) for k in plain) > 1e-4  # the move or the mirror shows
         gen.load_state_dict(start)
         torch.manual_seed(seed)
-        state = tldr.train_generator(gen, clf, reconstruct=False, steps=1, batch_size=4, lr=1e-3,
-                                     weights=weights, epsilon=0.1, device="cpu", flip=True,
+        state = tldr.train_generator(gen, clf, reconstruct=False, steps=1, batch_size=8, lr=1e-3,
+                                     weights=weights, epsilon=0.1, device="cpu", shift=shift, flip=flip,
                                      log=lambda line: None)
         assert state["terms"] == pytest.approx({k: v.item() for k, v in expected.items()}, rel=1e-5)
         coins.add(mirrored)
-    assert coins == {True, False}
+    assert (True in moved) == bool(shift) and coins == ({True, False} if flip else {False})  # all was checked
