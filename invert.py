@@ -143,7 +143,7 @@ def train_one(k, args, classifier, device, run_dir, log):
             "weights": weights, "epsilon": args.epsilon, "shift": args.shift, "flip": args.flip, "index": k}
     state = None
     if args.resume and os.path.exists(path):
-        state = {"shift": 0, "flip": False} | tldr.load_checkpoint(path, "generator")  # saved before these flags
+        state = {"shift": 0, "flip": []} | tldr.load_checkpoint(path, "generator")  # saved before these flags
         if isinstance(state["flip"], bool):  # saved when --flip took no classes: every class or none
             state["flip"] = list(range(tldr.NUM_CLASSES)) if state["flip"] else []
         for key in ("config", "dataset", "steps", "reconstruct", "hot", "batch_size", "lr", "weights", "epsilon",

@@ -534,6 +534,7 @@ def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr
         step, last = state["step"], state["terms"]
     latent_dim = generator.config["latent_dim"]
     hot = reconstruct if hot is None else hot
+    flip = torch.tensor(list(flip), dtype=torch.long, device=device)  # [n] classes to mirror
 
     def snapshot():
         return {"model": generator.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -553,7 +554,7 @@ def train_generator(generator, classifier, *, reconstruct, steps, batch_size, lr
                 dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()
                 images = images.roll((dy, dx), (2, 3))  # [B, C, H, W], rows and columns wrap round
             if len(flip) and torch.rand(()) < 0.5:
-                mirror = torch.isin(labels, torch.tensor(flip, device=labels.device))  # [B] bool
+                mirror = torch.isin(labels, flip)  # [B] bool
                 # naive: for i in range(B): if mirror[i]: images[i] = images[i].flip(2)
                 images = torch.where(mirror[:, None, None, None], images.flip(3), images)  # W reversed where mirror
             if reconstruct:
