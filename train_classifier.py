@@ -23,7 +23,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="training images per step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="Adam weight decay (the paper trains with it)")
-    p.add_argument("--width", type=int, default=32, help="channels of the first conv block (the second has twice)")
+    p.add_argument("--blocks", type=int, default=2,
+                   help="conv blocks ((conv, batch norm, leaky ReLU) x --convs, max pool, dropout), each halving "
+                        "the image side")
+    p.add_argument("--convs", type=int, default=1, help="conv layers in each block (2 with --blocks 3: VGG-style)")
+    p.add_argument("--width", type=int, default=32, help="channels of the first conv block (each next one has twice)")
     p.add_argument("--hidden", type=int, default=128, help="size of the hidden fully connected layer (the features)")
     p.add_argument("--dropout", type=float, default=0.25, help="dropout after each conv block and the hidden layer")
     p.add_argument("--premises-images", type=int, default=1000,
@@ -33,6 +37,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.premises_images < 1:
         p.error("--premises-images must be at least 1")
+    side = tldr.DATASETS[args.dataset][2]
+    if not 1 <= args.blocks <= side.bit_length() - 1:  # each block halves the side, which must stay >= 1
+        p.error(f"--blocks must be from 1 to {side.bit_length() - 1} for {side}x{side} images")
+    if args.convs < 1:
+        p.error("--convs must be at least 1")
     return args
 
 
@@ -52,8 +61,8 @@ def run(args, log=print):
     images, labels = split_images[idx], split_labels[idx]  # the classifier sees these images only
     _, channels, size, _ = tldr.DATASETS[args.dataset]
     model = tldr.Classifier(channels=channels, image_size=size, width=args.width, hidden=args.hidden,
-                            dropout=args.dropout, mean=images.mean((0, 2, 3)).tolist(),
-                            std=images.std((0, 2, 3)).tolist()).to(device)
+                            dropout=args.dropout, blocks=args.blocks, convs=args.convs,
+                            mean=images.mean((0, 2, 3)).tolist(), std=images.std((0, 2, 3)).tolist()).to(device)
     meta = {"kind": "classifier", "config": model.config, "dataset": args.dataset, "seed": args.seed,
             "subset_indices": idx, "epochs": args.epochs, "test_accuracy": None}
 
@@ -109,6 +118,7 @@ def premises_on(model, images, labels, n, seed):
 
 def check_same(ckpt, meta, path):
     """A run resumed from `path` must have been started with the same settings."""
+    ckpt = ckpt | {"config": {"blocks": 2, "convs": 1} | ckpt["config"]}  # saved before these flags existed
     for key in ("dataset", "config", "epochs"):
         if ckpt[key] != meta[key]:
             raise tldr.TLDRError(f"{path}: was started with {key}={ckpt[key]}, not {meta[key]}; use --overwrite")

@@ -228,6 +228,26 @@ def test_checkpoints_from_before_shift_and_flip_classes_resume(old, flags, runs,
     assert "resuming at step" in p.stdout and os.path.exists(os.path.join(run_dir, "metrics.json"))
 
 
+@pytest.mark.parametrize("flags,error", [([], None), (["--blocks", "3"], "'blocks': 3"), (["--convs", "2"], "'convs': 2")])
+def test_classifier_checkpoint_from_before_blocks_resumes(flags, error, runs, data_root, tmp_path):
+    """A stopped classifier saved before --blocks and --convs existed (neither in its
+    config) had two blocks of one conv: it resumes with the defaults, and not with others."""
+    run_dir = str(tmp_path / "classifier")
+    shutil.copytree(runs["classifier_dir"], run_dir)
+    os.remove(os.path.join(run_dir, "metrics.json"))  # a stopped run ...
+    path = os.path.join(run_dir, "classifier.pt")
+    ckpt = tldr.load_checkpoint(path, "classifier")
+    del ckpt["config"]["blocks"], ckpt["config"]["convs"]  # ... of the older kind
+    tldr.save_pt(ckpt, path)
+    p = run_script("train_classifier.py", *CLASSIFIER, "--data-root", data_root, "--run-dir", run_dir,
+                       "--resume", *flags)
+    if error:
+        one_line_error(p, path, "was started with config=", error)
+    else:
+        ok(p)
+        assert "resuming" in p.stdout and os.path.exists(os.path.join(run_dir, "metrics.json"))
+
+
 def test_finished_run_is_not_overwritten(runs, data_root):
     before = hashes(runs["reconstruct_dir"])
     p = run_script("reconstruct.py", *GENERATORS, "--classifier", runs["classifier"], "--data-root", data_root,

@@ -389,12 +389,26 @@ def test_hot_conditioning_and_matrix():
 # 3.1 Classifier and 3.2 Generator
 # ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("blocks,convs", [(2, 1), (3, 1), (3, 2)])
 @pytest.mark.parametrize("channels,size", SIZES)
-def test_classifier_shapes(channels, size):
-    clf = tldr.Classifier(channels=channels, image_size=size, hidden=48).eval()
+def test_classifier_shapes(channels, size, blocks, convs):
+    clf = tldr.Classifier(channels=channels, image_size=size, hidden=48, blocks=blocks, convs=convs).eval()
     logits, features = clf(torch.rand(3, channels, size, size))
     assert logits.shape == (3, N) and features.shape == (3, 48)
     assert_close(clf.head(features), logits, rtol=1e-6, atol=1e-6)  # features are the penultimate layer
+    # block k: `convs` convs of 32 * 2^k channels, side halved k + 1 times (28 -> 14 -> 7 -> 3, 32 -> 16 -> 8 -> 4)
+    bns = [m for m in clf.conv if isinstance(m, nn.BatchNorm2d)]
+    assert [bn.num_features for bn in bns] == [32 * 2 ** k for k in range(blocks) for _ in range(convs)]
+    if (blocks, convs) == (3, 2):  # C -> 32, 32 -> 32 | 32 -> 64, 64 -> 64 | 64 -> 128, 128 -> 128
+        assert [m.in_channels for m in clf.conv if isinstance(m, nn.Conv2d)] == [channels, 32, 32, 64, 64, 128]
+    assert clf.conv(torch.rand(3, channels, size, size)).shape == (3, 32 * 2 ** (blocks - 1), size >> blocks, size >> blocks)
+
+
+def test_two_blocks_keep_the_layer_names_of_checkpoints_saved_before_blocks_existed():
+    names = ["conv.0", "conv.1", "conv.5", "conv.6", "head", "hidden.1", "mean", "std"]  # conv, BN, conv, BN, ...
+    clf = tldr.Classifier(channels=1, image_size=28)
+    assert sorted({k.rsplit(".", 1)[0] for k in clf.state_dict()}) == names
+    assert (clf.config["blocks"], clf.config["convs"]) == (2, 1)
 
 
 @pytest.mark.parametrize("channels,size", SIZES)
@@ -473,9 +487,9 @@ def test_vector_matrix_conditioning_uses_p_and_matrix():
 # L_Grad: per-image norm of the weight gradient, three implementations
 # ---------------------------------------------------------------------------------
 
-def float64_classifier(channels, size):
+def float64_classifier(channels, size, blocks=2, convs=1):
     """A small float64 classifier in eval mode with non-trivial batch-norm state."""
-    clf = tldr.Classifier(channels=channels, image_size=size, width=8, hidden=32).double()
+    clf = tldr.Classifier(channels=channels, image_size=size, width=8, hidden=32, blocks=blocks, convs=convs).double()
     with torch.no_grad():
         for m in clf.modules():
             if isinstance(m, nn.BatchNorm2d):  # gamma, beta away from their 1, 0 init
@@ -494,9 +508,9 @@ def norms_and_image_grads(fn, clf, images, labels, weights):
     return norms.detach(), g
 
 
-@pytest.mark.parametrize("channels,size", SIZES)
-def test_grad_norms_three_ways(channels, size):
-    clf = float64_classifier(channels, size)
+@pytest.mark.parametrize("channels,size,blocks,convs", [(1, 28, 2, 1), (3, 32, 2, 1), (1, 28, 3, 2)])
+def test_grad_norms_three_ways(channels, size, blocks, convs):
+    clf = float64_classifier(channels, size, blocks, convs)
     assert clf.conv[1].running_mean.abs().max() > 0.01
     images = torch.rand(4, channels, size, size, dtype=torch.float64)
     labels = torch.randint(N, (4,))
