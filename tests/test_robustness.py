@@ -228,7 +228,8 @@ def test_checkpoints_from_before_shift_and_flip_classes_resume(old, flags, runs,
     assert "resuming at step" in p.stdout and os.path.exists(os.path.join(run_dir, "metrics.json"))
 
 
-@pytest.mark.parametrize("flags,error", [([], None), (["--blocks", "3"], "'blocks': 3"), (["--convs", "2"], "'convs': 2")])
+@pytest.mark.parametrize("flags,error", [([], None), (["--blocks", "3"], "'blocks': 3"),
+                                         (["--convs", "2"], "'convs': 2")])
 def test_classifier_checkpoint_from_before_blocks_resumes(flags, error, runs, data_root, tmp_path):
     """A stopped classifier saved before --blocks and --convs existed (neither in its
     config) had two blocks of one conv: it resumes with the defaults, and not with others."""
@@ -240,7 +241,7 @@ def test_classifier_checkpoint_from_before_blocks_resumes(flags, error, runs, da
     del ckpt["config"]["blocks"], ckpt["config"]["convs"]  # ... of the older kind
     tldr.save_pt(ckpt, path)
     p = run_script("train_classifier.py", *CLASSIFIER, "--data-root", data_root, "--run-dir", run_dir,
-                       "--resume", *flags)
+                   "--resume", *flags)
     if error:
         one_line_error(p, path, "was started with config=", error)
     else:

@@ -396,12 +396,13 @@ def test_classifier_shapes(channels, size, blocks, convs):
     logits, features = clf(torch.rand(3, channels, size, size))
     assert logits.shape == (3, N) and features.shape == (3, 48)
     assert_close(clf.head(features), logits, rtol=1e-6, atol=1e-6)  # features are the penultimate layer
-    # block k: `convs` convs of 32 * 2^k channels, side halved k + 1 times (28 -> 14 -> 7 -> 3, 32 -> 16 -> 8 -> 4)
+    # block k: `convs` convs of 32 * 2^k channels; side halved once a block (28 -> 14 -> 7 -> 3, 32 -> 16 -> 8 -> 4)
     bns = [m for m in clf.conv if isinstance(m, nn.BatchNorm2d)]
     assert [bn.num_features for bn in bns] == [32 * 2 ** k for k in range(blocks) for _ in range(convs)]
     if (blocks, convs) == (3, 2):  # C -> 32, 32 -> 32 | 32 -> 64, 64 -> 64 | 64 -> 128, 128 -> 128
         assert [m.in_channels for m in clf.conv if isinstance(m, nn.Conv2d)] == [channels, 32, 32, 64, 64, 128]
-    assert clf.conv(torch.rand(3, channels, size, size)).shape == (3, 32 * 2 ** (blocks - 1), size >> blocks, size >> blocks)
+    side = size // 2 ** blocks
+    assert clf.conv(torch.rand(3, channels, size, size)).shape == (3, 32 * 2 ** (blocks - 1), side, side)
 
 
 def test_two_blocks_keep_the_layer_names_of_checkpoints_saved_before_blocks_existed():
