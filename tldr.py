@@ -96,9 +96,10 @@ def draw_subset(n_train, subset, seed):
 # The paper names the parts (convolutions, batch norm, leaky ReLU, dropout, fully
 # connected layers, softmax, weight decay) but not the sizes. Choice: two conv blocks
 # of one conv each and one hidden linear layer, about 420k weights at 28x28 and 550k
-# at 32x32. `blocks` and `convs` (per block) make it deeper. Against three blocks of
-# two convs (a small VGG: six batch norms for L_BN to match instead of two), FashionMNIST's
-# coats and sandals take shape and its shirts lose theirs (README, tuning notes).
+# at 32x32. `blocks` and `convs` (per block) make it deeper, with more batch norms for
+# L_BN to match: against three blocks of two convs (six) FashionMNIST's coats and sandals
+# take shape and its shirts lose theirs; against three of three (nine) two generators
+# of three give coats, shirts and pullovers too (README, tuning notes).
 
 class Classifier(nn.Module):
     def __init__(self, *, channels, image_size, width=32, hidden=128, dropout=0.25, blocks=2, convs=1,

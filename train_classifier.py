@@ -26,7 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--blocks", type=int, default=2,
                    help="conv blocks ((conv, batch norm, leaky ReLU) x --convs, max pool, dropout), each halving "
                         "the image side")
-    p.add_argument("--convs", type=int, default=1, help="conv layers in each block (2 with --blocks 3: VGG-style)")
+    p.add_argument("--convs", type=int, default=1, help="conv layers in each block (2 or 3 with --blocks 3: VGG-style)")
     p.add_argument("--width", type=int, default=32, help="channels of the first conv block (each next one has twice)")
     p.add_argument("--hidden", type=int, default=128, help="size of the hidden fully connected layer (the features)")
     p.add_argument("--dropout", type=float, default=0.25, help="dropout after each conv block and the hidden layer")
