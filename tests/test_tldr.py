@@ -389,7 +389,7 @@ def test_hot_conditioning_and_matrix():
 # 3.1 Classifier and 3.2 Generator
 # ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("blocks,convs", [(2, 1), (3, 1), (3, 2)])
+@pytest.mark.parametrize("blocks,convs", [(2, 1), (3, 1), (3, 2), (3, 3)])
 @pytest.mark.parametrize("channels,size", SIZES)
 def test_classifier_shapes(channels, size, blocks, convs):
     clf = tldr.Classifier(channels=channels, image_size=size, hidden=48, blocks=blocks, convs=convs).eval()
@@ -509,7 +509,7 @@ def norms_and_image_grads(fn, clf, images, labels, weights):
     return norms.detach(), g
 
 
-@pytest.mark.parametrize("channels,size,blocks,convs", [(1, 28, 2, 1), (3, 32, 2, 1), (1, 28, 3, 2)])
+@pytest.mark.parametrize("channels,size,blocks,convs", [(1, 28, 2, 1), (3, 32, 2, 1), (1, 28, 3, 2), (1, 28, 3, 3)])
 def test_grad_norms_three_ways(channels, size, blocks, convs):
     clf = float64_classifier(channels, size, blocks, convs)
     assert clf.conv[1].running_mean.abs().max() > 0.01
