@@ -47,6 +47,9 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     p.add_argument("--conditioning", default="vector-matrix", choices=tldr.CONDITIONINGS,
                    help="how the generator is told the class (paper 3.2)")
     p.add_argument("--generators", type=int, default=3, help="how many generators to train (the paper shows 3)")
+    p.add_argument("--keep", type=int, default=None,
+                   help="keep only this many generators for samples.pt, the grids and the evaluation: those whose "
+                        "samples have the lowest L_Ortho under the classifier (default: keep all)")
     p.add_argument("--steps", type=int, default=1500, help="training steps per generator")
     p.add_argument("--batch-size", type=int, default=128, help="generated images per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the generator")
@@ -88,6 +91,8 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     for flag in ("generators", "steps", "batch_size", "samples_per_class", "draws", "checkpoint_every", "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.keep is not None and not 1 <= args.keep <= args.generators:
+        p.error(f"--keep must be from 1 to --generators ({args.generators}), got {args.keep}")
     if args.batch_size < 2:  # L_Cosine averages over pairs of images
         p.error("--batch-size must be at least 2")
     if args.shift < 0:
@@ -164,13 +169,13 @@ def train_one(k, args, classifier, device, run_dir, log):
     return gen, state["terms"]
 
 
-def save_grid(images, labels, generator_ids, k, path, train_images=None, per_generator=4):
-    """Rows = classes; `per_generator` columns from each generator; then, if given,
-    a last column with one training image of that class (reconstruction)."""
+def save_grid(images, labels, generator_ids, kept, path, train_images=None, per_generator=4):
+    """Rows = classes; `per_generator` columns from each generator in `kept`; then, if
+    given, a last column with one training image of that class (reconstruction)."""
     from torchvision.utils import save_image  # imported here, as in tldr.load_split, so errors come fast
     rows = []
     for c in range(tldr.NUM_CLASSES):
-        row = [images[(labels == c) & (generator_ids == g)][:per_generator] for g in range(k)]
+        row = [images[(labels == c) & (generator_ids == g)][:per_generator] for g in kept]
         if train_images is not None:
             row.append(train_images[c][None])
         rows.append(torch.cat(row))
@@ -178,19 +183,20 @@ def save_grid(images, labels, generator_ids, k, path, train_images=None, per_gen
     tldr.atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=len(rows[0]), padding=2, pad_value=0.5, format="png"))
 
 
-def save_nearest(images, labels, generator_ids, k, train, held, likeness, path):
-    """Rows = classes; for each generator, its first image of that class followed by the
-    nearest training image and the nearest held-out image (tldr.nearest_grid)."""
+def save_nearest(images, labels, generator_ids, kept, train, held, likeness, path):
+    """Rows = classes; for each generator in `kept`, its first image of that class followed
+    by the nearest training image and the nearest held-out image (tldr.nearest_grid)."""
     from torchvision.utils import save_image
     first = torch.stack([((labels == c) & (generator_ids == g)).nonzero()[0, 0]
-                         for c in range(tldr.NUM_CLASSES) for g in range(k)])  # [N*k], row by row
+                         for c in range(tldr.NUM_CLASSES) for g in kept])  # [N*len(kept)], row by row
     picked = {"nearest_train": likeness["nearest_train"][first], "nearest_heldout": torch.zeros_like(first)}
     if held is None:  # Choice: keep the triples, with a blank image where the held-out one would be
         held = torch.zeros_like(images[:1])
     else:
         picked["nearest_heldout"] = likeness["nearest_heldout"][first]
-    grid = tldr.nearest_grid(images[first], train, held, picked)  # [3*N*k, C, H, W]
-    tldr.atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=3 * k, padding=2, pad_value=0.5, format="png"))
+    grid = tldr.nearest_grid(images[first], train, held, picked)  # [3*N*len(kept), C, H, W]
+    tldr.atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=3 * len(kept), padding=2, pad_value=0.5,
+                                                   format="png"))
 
 
 def run(args, log=print):
@@ -216,12 +222,21 @@ def run(args, log=print):
         gen, last = train_one(k, args, classifier, device, run_dir, log)
         x, y = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
         images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k)), terms.append(last)
-    images, labels, gen_ids = torch.cat(images), torch.cat(labels), torch.cat(gen_ids)
+    # Choice (not in the paper): some generators fail (dark outlines, fragments), and the
+    # attacker cannot compare with the training data to find them. L_Ortho over all of a
+    # generator's samples, which the attacker can compute, ranks FashionMNIST generators
+    # much as their nearest SSIM to the training data does (README, "Keeping the
+    # generators whose samples spread most"); --keep keeps the lowest.
+    ortho = [tldr.samples_ortho(classifier, x) for x in images]
+    kept = sorted(sorted(range(args.generators), key=lambda k: ortho[k])[:args.keep or args.generators])
+    log(f"L_Ortho over each generator's samples: {' '.join(f'{o:.4f}' for o in ortho)}"
+        + (f"; keeping generator(s) {' '.join(map(str, kept))}" if args.keep else ""))
+    images, labels, gen_ids = (torch.cat([t[k] for k in kept]) for t in (images, labels, gen_ids))
     tldr.save_pt({"images": images, "labels": labels, "generator": gen_ids}, os.path.join(run_dir, "samples.pt"))
     # In reconstruction, a last column with one training image of each class (blank if the subset has none).
     train_column = torch.stack([train_x[train_y == c][0] if (train_y == c).any() else torch.zeros_like(train_x[0])
                                 for c in range(tldr.NUM_CLASSES)]) if args.reconstruct else None
-    save_grid(images, labels, gen_ids, args.generators, os.path.join(run_dir, "grid.png"), train_column)
+    save_grid(images, labels, gen_ids, kept, os.path.join(run_dir, "grid.png"), train_column)
 
     # The evaluation comes after samples.pt and grid.png, so a failure in it loses no
     # training; metrics.json, which marks the run finished, comes last.
@@ -241,7 +256,7 @@ def run(args, log=print):
         log(f"training-likeness: nearest SSIM train {likeness['ssim_train']:.3f} / held-out "
             f"{likeness['ssim_heldout']:.3f}, win rate {likeness['win_rate']:.2f}, one-to-one matches at "
             f"SSIM>=0.4: train {likeness['matched_train_040']} / held-out {likeness['matched_heldout_040']}")
-    save_nearest(images, labels, gen_ids, args.generators, train_x, held_x, likeness,
+    save_nearest(images, labels, gen_ids, kept, train_x, held_x, likeness,
                  os.path.join(run_dir, "nearest.png"))
     diversity = tldr.within_class_ssim(images, labels)
     log(f"diversity: mean SSIM between images of one class {diversity:.3f} (real training images: about 0.2)")
@@ -252,7 +267,8 @@ def run(args, log=print):
     # Of training-likeness the numbers, not the index tensors; the held-out ones are null without a held-out set.
     numbers = ("ssim_train", "ssim_heldout", "win_rate", "matched_train_040", "matched_heldout_040")
     metrics = {"accuracy": acc, "confidence": conf, "classifier_test_accuracy": clf_ckpt["test_accuracy"],
-               "final_terms": terms, "training_likeness": {key: likeness[key] for key in numbers},
+               "final_terms": terms, "samples_ortho": ortho, "kept": kept,
+               "training_likeness": {key: likeness[key] for key in numbers},
                "within_class_ssim": diversity, "premises": premises}
     tldr.save_json(metrics, os.path.join(run_dir, "metrics.json"))
     log(f"wrote {run_dir}/samples.pt, grid.png, nearest.png, metrics.json")

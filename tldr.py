@@ -828,6 +828,19 @@ def premises(classifier, images, labels, batch_size=100):
     return {name: total / len(labels) for name, total in totals.items()}
 
 
+@torch.no_grad()
+def samples_ortho(classifier, images, batch_size=500):
+    """L_Ortho (ortho_loss) over all of `images` at once instead of one training batch:
+    1/N^2 * sum_{i,j} (G_ij - delta_ij)^2 over the classifier's penultimate features of
+    the N images, i.e. the mean squared cosine between the features of two of them (G_ii
+    = 1 after normalising). Something the attacker can compute: invert.py --keep ranks
+    generators by it (README, "Keeping the generators whose samples spread most")."""
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    features = torch.cat([classifier(x.to(device))[1] for x in images.split(batch_size)])  # [N, D]
+    return ortho_loss(features).item()
+
+
 def nearest_grid(gen, train, held, result):
     """Images for nearest.png: each generated image followed by its nearest training and
     nearest held-out image. [3G, C, H, W]; save_image(grid, nrow=3 * k) puts k triples a row."""

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tldr import (Classifier, TLDRError, grad_norms_loop, heldout_indices, nearest, nearest_grid,
-                  one_to_one_matches, premises, ssim, training_likeness, within_class_ssim)
+                  one_to_one_matches, premises, samples_ortho, ssim, training_likeness, within_class_ssim)
 
 
 def ssim_loops(x, y):
@@ -153,6 +153,35 @@ def test_premises_match_a_per_image_computation():
     assert got["confidence"] == pytest.approx(torch.stack(conf).mean().item(), rel=1e-5)
     assert got["input_grad_norm"] == pytest.approx(torch.stack(in_norm).mean().item(), rel=1e-5)
     assert got["weight_grad_norm"] == pytest.approx(w_norm.mean().item(), rel=1e-5)
+
+
+def test_samples_ortho_matches_a_float64_pair_loop():
+    torch.manual_seed(0)
+    model = Classifier(channels=1, image_size=8, width=4, hidden=8).eval()
+    images = torch.rand(7, 1, 8, 8)
+    got = samples_ortho(model, images, batch_size=3)  # features in batches of 3, 3, 1, then all pairs at once
+    with torch.no_grad():
+        feats = [model(x[None])[1][0].double() for x in images]  # one image at a time
+    total = 0.0
+    for i, a in enumerate(feats):  # 1/N^2 sum_{i,j} (cos(a_i, a_j) - delta_ij)^2
+        for j, b in enumerate(feats):
+            total += ((a @ b / (a.norm() * b.norm())).item() - (i == j)) ** 2
+    assert got == pytest.approx(total / len(feats) ** 2, rel=1e-5)
+    assert got != pytest.approx(samples_ortho(model, torch.rand(7, 1, 8, 8)), rel=1e-3)  # depends on the images
+
+
+def test_samples_ortho_by_hand():
+    class Flat(torch.nn.Module):  # features = the image's pixels
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # samples_ortho reads the device from a parameter
+
+        def forward(self, x):
+            return x.flatten(1), x.flatten(1)
+    t = lambda rows: torch.tensor(rows, dtype=torch.float32)[:, None, None, :]  # [N, 1, 1, D]
+    assert samples_ortho(Flat(), t([[2, 0], [0, 1]])) == pytest.approx(0.0)  # orthogonal
+    assert samples_ortho(Flat(), t([[1, 0], [3, 0]])) == pytest.approx(0.5)  # (1 + 1) / 2^2: the two off-diagonal
+    assert samples_ortho(Flat(), t([[1, 0], [1, 1], [0, 1]])) == pytest.approx(4 * 0.5 / 9)  # four pairs at cos^2 1/2
 
 
 def test_within_class_ssim_by_hand_and_reference():

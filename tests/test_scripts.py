@@ -87,8 +87,10 @@ def test_subset_depends_on_the_seed_alone(classifier):
     assert torch.equal(seed1, tldr.draw_subset(N_TRAIN, SUBSET, 1))
 
 
-def check_run(run_dir, *, dataset, generators, per_class, reconstruct, heldout=True):
-    """What a finished invert/reconstruct run folder must hold."""
+def check_run(run_dir, *, dataset, generators, per_class, reconstruct, heldout=True, trained=None):
+    """What a finished invert/reconstruct run folder must hold: `generators` kept of
+    `trained` (default: all kept)."""
+    trained = trained or generators
     _, channels, size, _ = tldr.DATASETS[dataset]
     samples = load(os.path.join(run_dir, "samples.pt"))
     k = tldr.NUM_CLASSES * per_class * generators
@@ -97,7 +99,12 @@ def check_run(run_dir, *, dataset, generators, per_class, reconstruct, heldout=T
     assert 0 <= images.min() and images.max() <= 1
     assert labels.dtype == gen.dtype == torch.long and labels.shape == gen.shape == (k,)
     assert labels.bincount().tolist() == [per_class * generators] * tldr.NUM_CLASSES
-    assert gen.bincount().tolist() == [tldr.NUM_CLASSES * per_class] * generators
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    ortho = metrics["samples_ortho"]  # L_Ortho over each trained generator's samples; the lowest are kept
+    assert len(ortho) == trained and all(0 <= o <= 1 for o in ortho)
+    assert metrics["kept"] == sorted(sorted(range(trained), key=lambda k: ortho[k])[:generators])
+    assert gen.unique().tolist() == metrics["kept"]
+    assert [(gen == k).sum().item() for k in metrics["kept"]] == [tldr.NUM_CLASSES * per_class] * generators
 
     # grid.png: a row per class; per generator min(4, per_class) columns; + a training image
     columns = generators * min(4, per_class) + reconstruct
@@ -108,14 +115,13 @@ def check_run(run_dir, *, dataset, generators, per_class, reconstruct, heldout=T
     left = 2 * (size + 2) + 2  # the held-out image of row 0, triple 0: blank (all 0) without a held-out set
     assert (nearest.crop((left, 2, left + size, 2 + size)).getextrema()[1] == 0) == (not heldout)
 
-    for i in range(generators):
+    for i in range(trained):
         ckpt = tldr.load_checkpoint(os.path.join(run_dir, f"generator{i}.pt"), "generator")
         assert ckpt["step"] == ckpt["steps"] == 3 and ckpt["index"] == i and ckpt["reconstruct"] == reconstruct
         tldr.Generator(**ckpt["config"]).load_state_dict(ckpt["model"])
-    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["confidence"] <= 1
     n_terms = 10 if reconstruct else 4
-    assert [len(t) for t in metrics["final_terms"]] == [n_terms] * generators
+    assert [len(t) for t in metrics["final_terms"]] == [n_terms] * trained
     check_premises(metrics["premises"])
     assert -1 <= metrics["within_class_ssim"] <= 1
     likeness = metrics["training_likeness"]
@@ -147,7 +153,8 @@ def test_invert_trains_the_default_classifier_first(data_root, out_dir):
     assert "(no held-out set)" in p.stdout and "premises on the generated images: confidence " in p.stdout
 
 
-@pytest.mark.parametrize("dataset,extra", [("mnist", ["--fast-grad-norm", "--conditioning", "label"]),
+@pytest.mark.parametrize("dataset,extra", [("mnist", ["--fast-grad-norm", "--conditioning", "label",
+                                                      "--generators", 3, "--keep", 2]),
                                            ("cifar10", ["--conditioning", "matrix", "--soft-vectors",
                                                         "--output", "linear", "--shift", "1", "--flip", "3", "1", "3"])])
 def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
@@ -158,7 +165,9 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     assert p.returncode == 0, p.stderr
     assert "generator 1: step 3/3 | kl " in p.stdout and " grad " in p.stdout
     assert "training-likeness: nearest SSIM train " in p.stdout and " win rate " in p.stdout
-    check_run(run_dir, dataset=dataset, generators=2, per_class=4, reconstruct=True)
+    check_run(run_dir, dataset=dataset, generators=2, per_class=4, reconstruct=True,
+              trained=3 if "--keep" in extra else 2)
+    assert ("; keeping generator(s) " in p.stdout) == ("--keep" in extra)
     ckpt = tldr.load_checkpoint(os.path.join(run_dir, "generator0.pt"), "generator")
     assert ckpt["hot"] == ("--soft-vectors" not in extra)
     assert ckpt["config"]["output"] == ("linear" if "linear" in extra else "sigmoid")
@@ -174,6 +183,8 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     ("invert.py", ["--steps", 0], ["--steps"]),
     ("reconstruct.py", ["--flip", 2, 10], ["--flip", "0 to 9"]),
     ("invert.py", ["--shift", -1], ["--shift", "0 or more"]),
+    ("reconstruct.py", ["--generators", 2, "--keep", 3], ["--keep", "from 1 to --generators (2)", "got 3"]),
+    ("invert.py", ["--keep", 0], ["--keep", "got 0"]),
     ("train_classifier.py", ["--premises-images", 0], ["--premises-images"]),
     ("train_classifier.py", ["--blocks", 5], ["--blocks", "1 to 4", "28x28"]),
     ("train_classifier.py", ["--dataset", "cifar10", "--blocks", 0], ["--blocks", "1 to 5", "32x32"]),
