@@ -222,12 +222,13 @@ def run(args, log=print):
         gen, last = train_one(k, args, classifier, device, run_dir, log)
         x, y = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
         images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k)), terms.append(last)
-    # Choice (not in the paper): some generators fail (dark outlines, fragments), and the
-    # attacker cannot compare with the training data to find them. L_Ortho over all of a
-    # generator's samples, which the attacker can compute, ranks FashionMNIST generators
-    # much as their nearest SSIM to the training data does (README, "Keeping the
-    # generators whose samples spread most"); --keep keeps the lowest.
+    # Choice (not in the paper): some generators fail (hollow frames, dark outlines), and
+    # the attacker cannot compare with the training data to find them. L_Ortho over all of
+    # a generator's samples, which the attacker can compute, ranks generators against the
+    # deepest FashionMNIST classifier here much as their nearest SSIM to the training data
+    # does (README, "Keeping the generators whose samples spread most"); --keep keeps the lowest.
     ortho = [tldr.samples_ortho(classifier, x) for x in images]
+    # the --keep lowest, in generator order (all without --keep)
     kept = sorted(sorted(range(args.generators), key=lambda k: ortho[k])[:args.keep or args.generators])
     log(f"L_Ortho over each generator's samples: {' '.join(f'{o:.4f}' for o in ortho)}"
         + (f"; keeping generator(s) {' '.join(map(str, kept))}" if args.keep else ""))
