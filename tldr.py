@@ -832,9 +832,10 @@ def premises(classifier, images, labels, batch_size=100):
 def samples_ortho(classifier, images, batch_size=500):
     """L_Ortho (ortho_loss) over all of `images` at once instead of one training batch:
     1/N^2 * sum_{i,j} (G_ij - delta_ij)^2 over the classifier's penultimate features of
-    the N images, i.e. the mean squared cosine between the features of two of them (G_ii
-    = 1 after normalising). Something the attacker can compute: invert.py --keep ranks
-    generators by it (README, "Keeping the generators whose samples spread most")."""
+    the N images: the squared cosines of all N^2 pairs averaged, the N pairs of an image
+    with itself counting 0 (G_ii = 1 after normalising). Something the attacker can
+    compute: invert.py --keep ranks generators by it (README, "Keeping the generators
+    whose samples spread most")."""
     classifier.eval()
     device = next(classifier.parameters()).device
     features = torch.cat([classifier(x.to(device))[1] for x in images.split(batch_size)])  # [N, D]

@@ -168,6 +168,14 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     check_run(run_dir, dataset=dataset, generators=2, per_class=4, reconstruct=True,
               trained=3 if "--keep" in extra else 2)
     assert ("; keeping generator(s) " in p.stdout) == ("--keep" in extra)
+    # metrics.json's samples_ortho of a kept generator is L_Ortho of its images in samples.pt
+    samples, metrics = load(os.path.join(run_dir, "samples.pt")), json.load(open(os.path.join(run_dir, "metrics.json")))
+    ckpt = tldr.load_checkpoint(classifier(dataset), "classifier")
+    model = tldr.Classifier(**ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    for k in metrics["kept"]:
+        assert tldr.samples_ortho(model, samples["images"][samples["generator"] == k]) == pytest.approx(
+            metrics["samples_ortho"][k], rel=1e-5)
     ckpt = tldr.load_checkpoint(os.path.join(run_dir, "generator0.pt"), "generator")
     assert ckpt["hot"] == ("--soft-vectors" not in extra)
     assert ckpt["config"]["output"] == ("linear" if "linear" in extra else "sigmoid")
