@@ -222,7 +222,8 @@ def run(args, log=print):
         gen, last = train_one(k, args, classifier, device, run_dir, log)
         x, y = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
         images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k)), terms.append(last)
-    # Choice (not in the paper): some generators fail (hollow frames, dark outlines), and
+    # Choice (not in the paper): some generators fail (negatives of the items from their first
+    # 100 steps, which end as hollow frames and dark outlines), and
     # the attacker cannot compare with the training data to find them. L_Ortho over all of
     # a generator's samples, which the attacker can compute, ranks generators against the
     # deepest FashionMNIST classifier here much as their nearest SSIM to the training data
