@@ -228,6 +228,7 @@ def run(args, log=print):
     # a generator's samples, which the attacker can compute, ranks generators against the
     # deepest FashionMNIST classifier here much as their nearest SSIM to the training data
     # does (README, "Keeping the generators whose samples spread most"); --keep keeps the lowest.
+    # It is no general rule: on MNIST it misses a generator that draws stroke fragments.
     ortho = [tldr.samples_ortho(classifier, x) for x in images]
     # the --keep lowest, in generator order (all without --keep)
     kept = sorted(sorted(range(args.generators), key=lambda k: ortho[k])[:args.keep or args.generators])
