@@ -8,9 +8,10 @@ class it was conditioned on, under L_Inv = alpha*L_KL + beta*L_CE + gamma*L_Cosi
 with hot vectors and the reconstruction terms of section 3.4 switched on.
 
 Writes <out-dir>/<invert|reconstruct>-<dataset>-<subset>-<conditioning>[-shift<N>][-flip]-seed<seed>/:
-generator<k>.pt, samples.pt, grid.png, nearest.png, metrics.json, args.json. When
---classifier is not given, the classifier for --dataset/--subset/--seed is taken from
-where train_classifier.py puts it, and trained first if it is not there.
+generator<k>.pt, samples.pt, grid.png, nearest.png, metrics.json, args.json (and
+screen.pt with --keep). When --classifier is not given, the classifier for
+--dataset/--subset/--seed is taken from where train_classifier.py puts it, and trained
+first if it is not there.
 
 Then it measures the samples (tldr.py section 5): how close each is (SSIM, same class)
 to the classifier's training subset and to a held-out set of the same train split
@@ -47,9 +48,12 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     p.add_argument("--conditioning", default="vector-matrix", choices=tldr.CONDITIONINGS,
                    help="how the generator is told the class (paper 3.2)")
     p.add_argument("--generators", type=int, default=3, help="how many generators to train (the paper shows 3)")
-    p.add_argument("--keep", type=int, default=None,
-                   help="keep only this many generators for samples.pt, the grids and the evaluation: those whose "
-                        "samples have the lowest L_Ortho under the classifier (default: keep all)")
+    p.add_argument("--keep", type=int, default=None, metavar="N",
+                   help="train every generator --screen-steps steps, then only the N whose samples have the lowest "
+                        "L_Ortho under the classifier on to --steps, for samples.pt, the grids and the evaluation "
+                        "(default: keep all)")
+    p.add_argument("--screen-steps", type=int, default=100,
+                   help="with --keep: the steps after which the generators are ranked (--steps: rank at the end)")
     p.add_argument("--steps", type=int, default=1500, help="training steps per generator")
     p.add_argument("--batch-size", type=int, default=128, help="generated images per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the generator")
@@ -88,7 +92,8 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     args = p.parse_args(argv)
     args.reconstruct = reconstruct
     args.hot = reconstruct and not getattr(args, "soft_vectors", False)  # the flag is reconstruct.py's
-    for flag in ("generators", "steps", "batch_size", "samples_per_class", "draws", "checkpoint_every", "log_every"):
+    for flag in ("generators", "steps", "screen_steps", "batch_size", "samples_per_class", "draws", "checkpoint_every",
+                 "log_every"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.keep is not None and not 1 <= args.keep <= args.generators:
@@ -131,8 +136,9 @@ def get_classifier(args, device, log):
     return model.to(device).eval(), ckpt
 
 
-def train_one(k, args, classifier, device, run_dir, log):
-    """Train (or resume, or just load) generator k; returns it."""
+def train_one(k, args, classifier, device, run_dir, log, steps=None, resume=None):
+    """Train (or resume, or just load) generator k up to `steps` of --steps (default: all);
+    returns it and its last loss terms. `resume` (default --resume): start from its checkpoint."""
     _, channels, size, _ = tldr.DATASETS[args.dataset]
     # Each generator its own seed, set before its weights are drawn: generator k starts the
     # same whatever ran before it in this process (a classifier, generators 0..k-1, or none).
@@ -147,7 +153,7 @@ def train_one(k, args, classifier, device, run_dir, log):
             "reconstruct": args.reconstruct, "hot": args.hot, "batch_size": args.batch_size, "lr": args.lr,
             "weights": weights, "epsilon": args.epsilon, "shift": args.shift, "flip": args.flip, "index": k}
     state = None
-    if args.resume and os.path.exists(path):
+    if (args.resume if resume is None else resume) and os.path.exists(path):
         state = {"shift": 0, "flip": []} | tldr.load_checkpoint(path, "generator")  # saved before these flags
         if isinstance(state["flip"], bool):  # saved when --flip took no classes: every class or none
             state["flip"] = list(range(tldr.NUM_CLASSES)) if state["flip"] else []
@@ -159,7 +165,7 @@ def train_one(k, args, classifier, device, run_dir, log):
         log(f"generator {k}: resuming at step {state['step']}/{args.steps}")
     try:
         state = tldr.train_generator(
-            gen, classifier, reconstruct=args.reconstruct, steps=args.steps, batch_size=args.batch_size,
+            gen, classifier, reconstruct=args.reconstruct, steps=steps or args.steps, batch_size=args.batch_size,
             lr=args.lr, weights=weights, epsilon=args.epsilon, device=device,
             grad_method="fast" if args.fast_grad_norm else "func", hot=args.hot, flip=args.flip, shift=args.shift,
             state=state, save=lambda s: tldr.save_pt(meta | s, path), checkpoint_every=args.checkpoint_every,
@@ -167,6 +173,32 @@ def train_one(k, args, classifier, device, run_dir, log):
     except tldr.TLDRError as e:  # say which generator stopped (a non-finite loss, Ctrl-C); same type
         raise type(e)(f"generator {k}: {e}") from None
     return gen, state["terms"]
+
+
+def screen(args, classifier, device, run_dir, log):
+    """--keep: train every generator --screen-steps steps (at most --steps), sample it, and
+    return the --keep whose samples have the lowest L_Ortho (tldr.samples_ortho), in generator
+    order, and every generator's value. screen.pt records both, so --resume keeps the same ones."""
+    path = os.path.join(run_dir, "screen.pt")
+    flags = {"generators": args.generators, "keep": args.keep, "screen_steps": args.screen_steps}
+    if args.resume and os.path.exists(path):
+        saved = tldr.load_checkpoint(path, "screen")
+        for key, value in flags.items():
+            if saved[key] != value:
+                raise tldr.TLDRError(f"{path}: was screened with --{key.replace('_', '-')} {saved[key]}, not "
+                                     f"{value}; resume with the same flags, or use --overwrite")
+        log(f"screened before, as {path} records: keeping generator(s) {' '.join(map(str, saved['kept']))}")
+        return saved["kept"], saved["ortho"]
+    ortho = []
+    for k in range(args.generators):
+        gen, _ = train_one(k, args, classifier, device, run_dir, log, steps=min(args.screen_steps, args.steps))
+        x, _ = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
+        ortho.append(tldr.samples_ortho(classifier, x))
+    kept = sorted(sorted(range(args.generators), key=lambda k: ortho[k])[:args.keep])  # the lowest, in order
+    log(f"L_Ortho over each generator's samples after {min(args.screen_steps, args.steps)} steps: "
+        f"{' '.join(f'{o:.4f}' for o in ortho)}; keeping generator(s) {' '.join(map(str, kept))}")
+    tldr.save_pt({"kind": "screen", "ortho": ortho, "kept": kept} | flags, path)
+    return kept, ortho
 
 
 def save_grid(images, labels, generator_ids, kept, path, train_images=None, per_generator=4):
@@ -217,24 +249,25 @@ def run(args, log=print):
     train_x, train_y = split_x[subset], split_y[subset]  # the images the classifier saw
     log(f"{mode}: {args.generators} {args.conditioning} generator(s) x {args.steps} steps on {device}, into {run_dir}")
 
-    images, labels, gen_ids, terms = [], [], [], []
-    for k in range(args.generators):
-        gen, last = train_one(k, args, classifier, device, run_dir, log)
-        x, y = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
-        images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k)), terms.append(last)
     # Choice (not in the paper): some generators fail (negatives of the items from their first
-    # 100 steps, which end as hollow frames and dark outlines), and
-    # the attacker cannot compare with the training data to find them. L_Ortho over all of
-    # a generator's samples, which the attacker can compute, ranks generators against the
-    # deepest FashionMNIST classifier here much as their nearest SSIM to the training data
-    # does (README, "Keeping the generators whose samples spread most"); --keep keeps the lowest.
+    # 100 steps, which end as hollow frames and dark outlines), and the attacker cannot compare
+    # with the training data to find them. L_Ortho over all of a generator's samples, which the
+    # attacker can compute, ranks generators against the deepest FashionMNIST classifier here
+    # much as their nearest SSIM to the training data does, and already after 100 steps (README,
+    # "Keeping the generators whose samples spread most"); --keep trains only the lowest on.
     # It is no general rule: on MNIST it misses a generator that draws stroke fragments.
-    ortho = [tldr.samples_ortho(classifier, x) for x in images]
-    # the --keep lowest, in generator order (all without --keep)
-    kept = sorted(sorted(range(args.generators), key=lambda k: ortho[k])[:args.keep or args.generators])
-    log(f"L_Ortho over each generator's samples: {' '.join(f'{o:.4f}' for o in ortho)}"
-        + (f"; keeping generator(s) {' '.join(map(str, kept))}" if args.keep else ""))
-    images, labels, gen_ids = (torch.cat([t[k] for k in kept]) for t in (images, labels, gen_ids))
+    kept, screen_ortho = screen(args, classifier, device, run_dir, log) if args.keep else (
+        list(range(args.generators)), None)
+    images, labels, gen_ids = [], [], []
+    terms, ortho = [None] * args.generators, [None] * args.generators  # null for the generators not kept
+    for k in kept:
+        # after screening, each kept generator goes on from its checkpoint
+        gen, terms[k] = train_one(k, args, classifier, device, run_dir, log, resume=args.resume or bool(args.keep))
+        x, y = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
+        images.append(x), labels.append(y), gen_ids.append(torch.full_like(y, k))
+        ortho[k] = tldr.samples_ortho(classifier, x)
+    log(f"L_Ortho over each kept generator's samples: {' '.join(f'{ortho[k]:.4f}' for k in kept)}")
+    images, labels, gen_ids = torch.cat(images), torch.cat(labels), torch.cat(gen_ids)
     tldr.save_pt({"images": images, "labels": labels, "generator": gen_ids}, os.path.join(run_dir, "samples.pt"))
     # In reconstruction, a last column with one training image of each class (blank if the subset has none).
     train_column = torch.stack([train_x[train_y == c][0] if (train_y == c).any() else torch.zeros_like(train_x[0])
@@ -270,7 +303,7 @@ def run(args, log=print):
     # Of training-likeness the numbers, not the index tensors; the held-out ones are null without a held-out set.
     numbers = ("ssim_train", "ssim_heldout", "win_rate", "matched_train_040", "matched_heldout_040")
     metrics = {"accuracy": acc, "confidence": conf, "classifier_test_accuracy": clf_ckpt["test_accuracy"],
-               "final_terms": terms, "samples_ortho": ortho, "kept": kept,
+               "final_terms": terms, "samples_ortho": ortho, "screen_ortho": screen_ortho, "kept": kept,
                "training_likeness": {key: likeness[key] for key in numbers},
                "within_class_ssim": diversity, "premises": premises}
     tldr.save_json(metrics, os.path.join(run_dir, "metrics.json"))

@@ -900,7 +900,8 @@ def save_json(obj, path):
 CHECKPOINT_KEYS = {"classifier": ("model", "config", "dataset", "seed", "subset_indices", "epoch", "epochs",
                                   "optimizer", "rng", "test_accuracy"),
                    "generator": ("model", "config", "dataset", "steps", "reconstruct", "hot", "step",
-                                 "optimizer", "rng", "terms")}
+                                 "optimizer", "rng", "terms"),
+                   "screen": ("generators", "keep", "screen_steps", "ortho", "kept")}  # invert.py --keep
 
 
 def load_checkpoint(path, kind):

@@ -100,10 +100,14 @@ def check_run(run_dir, *, dataset, generators, per_class, reconstruct, heldout=T
     assert labels.dtype == gen.dtype == torch.long and labels.shape == gen.shape == (k,)
     assert labels.bincount().tolist() == [per_class * generators] * tldr.NUM_CLASSES
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
-    ortho = metrics["samples_ortho"]  # L_Ortho over each trained generator's samples; the lowest are kept
-    assert len(ortho) == trained and all(0 <= o <= 1 for o in ortho)
-    assert metrics["kept"] == sorted(sorted(range(trained), key=lambda k: ortho[k])[:generators])
-    assert gen.unique().tolist() == metrics["kept"]
+    kept, screen = metrics["kept"], metrics["screen_ortho"]  # screen: L_Ortho of each one's samples when ranked
+    assert (screen is None) == (trained == generators)  # ranked only with --keep
+    ranked = screen or metrics["samples_ortho"]
+    assert len(ranked) == trained and all(0 <= o <= 1 for o in ranked)
+    assert kept == sorted(sorted(range(trained), key=lambda k: ranked[k])[:generators])  # the lowest, in order
+    # samples_ortho: L_Ortho over each kept generator's final samples (null for the others)
+    assert [o is not None and 0 <= o <= 1 for o in metrics["samples_ortho"]] == [k in kept for k in range(trained)]
+    assert gen.unique().tolist() == kept
     assert [(gen == k).sum().item() for k in metrics["kept"]] == [tldr.NUM_CLASSES * per_class] * generators
 
     # grid.png: a row per class; per generator min(4, per_class) columns; + a training image
@@ -115,13 +119,16 @@ def check_run(run_dir, *, dataset, generators, per_class, reconstruct, heldout=T
     left = 2 * (size + 2) + 2  # the held-out image of row 0, triple 0: blank (all 0) without a held-out set
     assert (nearest.crop((left, 2, left + size, 2 + size)).getextrema()[1] == 0) == (not heldout)
 
+    screen_steps = json.load(open(os.path.join(run_dir, "args.json")))["screen_steps"]
     for i in range(trained):
         ckpt = tldr.load_checkpoint(os.path.join(run_dir, f"generator{i}.pt"), "generator")
-        assert ckpt["step"] == ckpt["steps"] == 3 and ckpt["index"] == i and ckpt["reconstruct"] == reconstruct
+        # the generators not kept stopped after the screening's steps
+        assert ckpt["step"] == (3 if i in kept else min(screen_steps, 3)) and ckpt["steps"] == 3
+        assert ckpt["index"] == i and ckpt["reconstruct"] == reconstruct
         tldr.Generator(**ckpt["config"]).load_state_dict(ckpt["model"])
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["confidence"] <= 1
     n_terms = 10 if reconstruct else 4
-    assert [len(t) for t in metrics["final_terms"]] == [n_terms] * trained
+    assert [t and len(t) for t in metrics["final_terms"]] == [n_terms if k in kept else None for k in range(trained)]
     check_premises(metrics["premises"])
     assert -1 <= metrics["within_class_ssim"] <= 1
     likeness = metrics["training_likeness"]
@@ -154,7 +161,7 @@ def test_invert_trains_the_default_classifier_first(data_root, out_dir):
 
 
 @pytest.mark.parametrize("dataset,extra", [("mnist", ["--fast-grad-norm", "--conditioning", "label",
-                                                      "--generators", 3, "--keep", 2]),
+                                                      "--generators", 3, "--keep", 2, "--screen-steps", 2]),
                                            ("cifar10", ["--conditioning", "matrix", "--soft-vectors",
                                                         "--output", "linear", "--shift", "1", "--flip", "3", "1", "3"])])
 def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
@@ -163,7 +170,7 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
                    "--classifier", classifier(dataset), "--run-dir", run_dir, *TINY_GENERATORS,
                    "--samples-per-class", 4, *extra)
     assert p.returncode == 0, p.stderr
-    assert "generator 1: step 3/3 | kl " in p.stdout and " grad " in p.stdout
+    assert re.search(r"generator \d: step 3/3 \| kl ", p.stdout) and " grad " in p.stdout
     assert "training-likeness: nearest SSIM train " in p.stdout and " win rate " in p.stdout
     check_run(run_dir, dataset=dataset, generators=2, per_class=4, reconstruct=True,
               trained=3 if "--keep" in extra else 2)
@@ -182,6 +189,37 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     assert (ckpt["shift"], ckpt["flip"]) == ((1, [1, 3]) if "--flip" in extra else (0, []))  # sorted, once each
 
 
+def test_keep_trains_the_kept_generators_on_as_if_never_screened(data_root, classifier, tmp_path):
+    """--keep 1 --screen-steps 1: every generator 1 step, then the kept one on from its
+    checkpoint to step 3, ending as it ends trained straight through; --resume keeps the
+    same one (screen.pt) and refuses other screening flags."""
+    common = ["reconstruct.py", "--dataset", "mnist", "--subset", SUBSET, "--data-root", data_root,
+              "--classifier", classifier("mnist"), *TINY_GENERATORS, "--generators", 3, "--samples-per-class", 2]
+    screened, straight = str(tmp_path / "screened"), str(tmp_path / "straight")
+    p = run_script(*common, "--keep", 1, "--screen-steps", 1, "--run-dir", screened)
+    assert p.returncode == 0, p.stderr
+    assert run_script(*common, "--run-dir", straight).returncode == 0
+    (k,) = json.load(open(os.path.join(screened, "metrics.json")))["kept"]
+    # each generator stopped at step 1, then only generator k went on: steps 2 and 3, not 1 again
+    assert [f"generator {i}: step 1/1 " in p.stdout for i in range(3)] == [True] * 3
+    assert f"generator {k}: resuming at step 1/3" in p.stdout and f"generator {k}: step 1/3 " not in p.stdout
+    assert f"generator {k}: step 3/3 " in p.stdout and p.stdout.count("step 3/3 ") == 1
+    a, b = (load(os.path.join(d, f"generator{k}.pt")) for d in (screened, straight))
+    assert a["step"] == b["step"] == 3 and all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
+    samples, straight_samples = (load(os.path.join(d, "samples.pt")) for d in (screened, straight))
+    assert torch.equal(samples["images"], straight_samples["images"][straight_samples["generator"] == k])
+
+    os.remove(os.path.join(screened, "metrics.json"))  # as if stopped in the evaluation
+    again = run_script(*common, "--keep", 1, "--screen-steps", 1, "--run-dir", screened, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert f"screened before, as {os.path.join(screened, 'screen.pt')} records: keeping generator(s) {k}" in again.stdout
+    assert "step 1/1 " not in again.stdout and torch.equal(load(os.path.join(screened, "samples.pt"))["images"],
+                                                        samples["images"])
+    os.remove(os.path.join(screened, "metrics.json"))
+    p = run_in_process(*common, "--keep", 2, "--screen-steps", 1, "--run-dir", screened, "--resume")
+    one_line_error(p, "screen.pt", "was screened with --keep 1, not 2", "--overwrite")
+
+
 @pytest.mark.parametrize("script,args,needles", [
     ("train_classifier.py", ["--dataset", "imagenet"], ["--dataset", "imagenet", "mnist"]),
     ("reconstruct.py", ["--conditioning", "onehot"], ["--conditioning", "onehot", "vector-matrix"]),
@@ -193,6 +231,7 @@ def test_reconstruct(dataset, extra, data_root, out_dir, classifier):
     ("invert.py", ["--shift", -1], ["--shift", "0 or more"]),
     ("reconstruct.py", ["--generators", 2, "--keep", 3], ["--keep", "from 1 to --generators (2)", "got 3"]),
     ("invert.py", ["--keep", 0], ["--keep", "got 0"]),
+    ("reconstruct.py", ["--keep", 1, "--screen-steps", 0], ["--screen-steps", "at least 1"]),
     ("train_classifier.py", ["--premises-images", 0], ["--premises-images"]),
     ("train_classifier.py", ["--blocks", 5], ["--blocks", "1 to 4", "28x28"]),
     ("train_classifier.py", ["--dataset", "cifar10", "--blocks", 0], ["--blocks", "1 to 5", "32x32"]),
