@@ -257,6 +257,8 @@ def run(args, log=print):
     # "Keeping the generators whose samples spread most"); --keep trains only the lowest on.
     # On MNIST 10,000 it ranks last after 100 steps the generator that ends drawing stroke
     # fragments (ranked at the end, it misses it). Measured on two classifiers: no general rule.
+    if args.resume and not args.keep and os.path.exists(os.path.join(run_dir, "screen.pt")):
+        raise tldr.TLDRError(f"{run_dir}: was started with --keep; resume with the same flags, or use --overwrite")
     kept, screen_ortho = screen(args, classifier, device, run_dir, log) if args.keep else (
         list(range(args.generators)), None)
     images, labels, gen_ids = [], [], []

@@ -101,7 +101,7 @@ def check_run(run_dir, *, dataset, generators, per_class, reconstruct, heldout=T
     assert labels.bincount().tolist() == [per_class * generators] * tldr.NUM_CLASSES
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     kept, screen = metrics["kept"], metrics["screen_ortho"]  # screen: L_Ortho of each one's samples when ranked
-    assert (screen is None) == (trained == generators)  # ranked only with --keep
+    assert (screen is None) == (json.load(open(os.path.join(run_dir, "args.json")))["keep"] is None)  # with --keep
     ranked = screen or metrics["samples_ortho"]
     assert len(ranked) == trained and all(0 <= o <= 1 for o in ranked)
     assert kept == sorted(sorted(range(trained), key=lambda k: ranked[k])[:generators])  # the lowest, in order
@@ -209,6 +209,16 @@ def test_keep_trains_the_kept_generators_on_as_if_never_screened(data_root, clas
     assert a["step"] == b["step"] == 3 and all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
     samples, straight_samples = (load(os.path.join(d, "samples.pt")) for d in (screened, straight))
     assert torch.equal(samples["images"], straight_samples["images"][straight_samples["generator"] == k])
+    # the dropped generator's screen_ortho is L_Ortho of its samples at its step-1 checkpoint
+    dropped = tldr.load_checkpoint(os.path.join(screened, f"generator{1 - k}.pt"), "generator")
+    gen = tldr.Generator(**dropped["config"])
+    gen.load_state_dict(dropped["model"])
+    model = tldr.Classifier(**load(classifier("mnist"))["config"])
+    model.load_state_dict(load(classifier("mnist"))["model"])
+    tldr.set_rng_state(dropped["rng"])  # sampled right after training, as screen() samples
+    x, _ = tldr.sample(gen, 2, True, "cpu", model.eval(), draws=3)
+    screen_ortho = json.load(open(os.path.join(screened, "metrics.json")))["screen_ortho"]
+    assert dropped["step"] == 1 and tldr.samples_ortho(model, x) == pytest.approx(screen_ortho[1 - k], rel=1e-5)
 
     os.remove(os.path.join(screened, "metrics.json"))  # as if stopped in the evaluation
     again = run_in_process(*common, "--keep", 1, "--screen-steps", 1, "--run-dir", screened, "--resume")
@@ -219,6 +229,8 @@ def test_keep_trains_the_kept_generators_on_as_if_never_screened(data_root, clas
     os.remove(os.path.join(screened, "metrics.json"))
     p = run_in_process(*common, "--keep", 2, "--screen-steps", 1, "--run-dir", screened, "--resume")
     one_line_error(p, "screen.pt", "was screened with --keep 1, not 2", "--overwrite")
+    p = run_in_process(*common, "--run-dir", screened, "--resume")  # without --keep: not the dropped ones too
+    one_line_error(p, screened, "was started with --keep", "--overwrite")
 
 
 @pytest.mark.parametrize("script,args,needles", [
