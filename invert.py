@@ -189,13 +189,17 @@ def screen(args, classifier, device, run_dir, log):
                                      f"{value}; resume with the same flags, or use --overwrite")
         log(f"screened before, as {path} records: keeping generator(s) {' '.join(map(str, saved['kept']))}")
         return saved["kept"], saved["ortho"]
-    ortho = []
+    ortho, steps = [], min(args.screen_steps, args.steps)
     for k in range(args.generators):
-        gen, _ = train_one(k, args, classifier, device, run_dir, log, steps=min(args.screen_steps, args.steps))
+        saved = os.path.join(run_dir, f"generator{k}.pt")  # a stopped run, resumed with other flags
+        if args.resume and os.path.exists(saved) and tldr.load_checkpoint(saved, "generator")["step"] > steps:
+            raise tldr.TLDRError(f"{saved}: is past step {steps}, where --keep ranks the generators; "
+                                 "resume with the same flags, or use --overwrite")
+        gen, _ = train_one(k, args, classifier, device, run_dir, log, steps=steps)
         x, _ = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
         ortho.append(tldr.samples_ortho(classifier, x))
     kept = sorted(sorted(range(args.generators), key=lambda k: ortho[k])[:args.keep])  # the lowest, in order
-    log(f"L_Ortho over each generator's samples after {min(args.screen_steps, args.steps)} steps: "
+    log(f"L_Ortho over each generator's samples after {steps} steps: "
         f"{' '.join(f'{o:.4f}' for o in ortho)}; keeping generator(s) {' '.join(map(str, kept))}")
     tldr.save_pt({"kind": "screen", "ortho": ortho, "kept": kept} | flags, path)
     return kept, ortho

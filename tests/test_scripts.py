@@ -231,6 +231,9 @@ def test_keep_trains_the_kept_generators_on_as_if_never_screened(data_root, clas
     one_line_error(p, "screen.pt", "was screened with --keep 1, not 2", "--overwrite")
     p = run_in_process(*common, "--run-dir", screened, "--resume")  # without --keep: not the dropped ones too
     one_line_error(p, screened, "was started with --keep", "--overwrite")
+    os.remove(os.path.join(screened, "screen.pt"))  # as a run without --keep, resumed with it
+    p = run_in_process(*common, "--keep", 1, "--screen-steps", 1, "--run-dir", screened, "--resume")
+    one_line_error(p, f"generator{k}.pt", "past step 1", "--overwrite")
 
 
 @pytest.mark.parametrize("script,args,needles", [
