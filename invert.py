@@ -162,6 +162,9 @@ def train_one(k, args, classifier, device, run_dir, log, steps=None, resume=None
             if state.get(key) != meta[key]:
                 raise tldr.TLDRError(f"{path}: was started with {key}={state.get(key)}, not {meta[key]}; "
                                      "resume with the same flags, or use --overwrite")
+        if steps and state["step"] > steps:  # a stopped screening, resumed with other flags
+            raise tldr.TLDRError(f"{path}: is past step {steps}, where --keep ranks the generators; "
+                                 "resume with the same flags, or use --overwrite")
         log(f"generator {k}: resuming at step {state['step']}/{args.steps}")
     try:
         state = tldr.train_generator(
@@ -191,10 +194,6 @@ def screen(args, classifier, device, run_dir, log):
         return saved["kept"], saved["ortho"]
     ortho, steps = [], min(args.screen_steps, args.steps)
     for k in range(args.generators):
-        saved = os.path.join(run_dir, f"generator{k}.pt")  # a stopped run, resumed with other flags
-        if args.resume and os.path.exists(saved) and tldr.load_checkpoint(saved, "generator")["step"] > steps:
-            raise tldr.TLDRError(f"{saved}: is past step {steps}, where --keep ranks the generators; "
-                                 "resume with the same flags, or use --overwrite")
         gen, _ = train_one(k, args, classifier, device, run_dir, log, steps=steps)
         x, _ = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
         ortho.append(tldr.samples_ortho(classifier, x))

@@ -213,8 +213,9 @@ def test_keep_trains_the_kept_generators_on_as_if_never_screened(data_root, clas
     dropped = tldr.load_checkpoint(os.path.join(screened, f"generator{1 - k}.pt"), "generator")
     gen = tldr.Generator(**dropped["config"])
     gen.load_state_dict(dropped["model"])
-    model = tldr.Classifier(**load(classifier("mnist"))["config"])
-    model.load_state_dict(load(classifier("mnist"))["model"])
+    ckpt = load(classifier("mnist"))
+    model = tldr.Classifier(**ckpt["config"])
+    model.load_state_dict(ckpt["model"])
     tldr.set_rng_state(dropped["rng"])  # sampled right after training, as screen() samples
     x, _ = tldr.sample(gen, 2, True, "cpu", model.eval(), draws=3)
     screen_ortho = json.load(open(os.path.join(screened, "metrics.json")))["screen_ortho"]
