@@ -48,8 +48,8 @@ def run_script(script, *args, timeout=120):
 
 
 def run_in_process(script, *args):
-    """Run a script as __main__ inside this process, for runs that fail early (no start-up
-    cost). Returns a CompletedProcess like run_script's."""
+    """Run a script as __main__ inside this process, without an interpreter's start-up
+    (for bad-input runs and short runs). Returns a CompletedProcess like run_script's."""
     argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), 0
     sys.argv = [os.path.join(REPO, script), *map(str, args)]
     try:
