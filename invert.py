@@ -44,14 +44,14 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     p = argparse.ArgumentParser(description=doc, formatter_class=tldr.HelpFormatter)
     tldr.add_common_flags(p)
     p.add_argument("--classifier", default=None,
-                   help="classifier.pt to invert (default: the one for --dataset/--subset/--seed, trained if missing)")
+                   help="classifier.pt to invert; None: the one for --dataset/--subset/--seed, trained if missing")
     p.add_argument("--conditioning", default="vector-matrix", choices=tldr.CONDITIONINGS,
                    help="how the generator is told the class (paper 3.2)")
     p.add_argument("--generators", type=int, default=3, help="how many generators to train (the paper shows 3)")
     p.add_argument("--keep", type=int, default=None, metavar="N",
                    help="train every generator --screen-steps steps, then only the N whose samples have the lowest "
-                        "L_Ortho under the classifier on to --steps, for samples.pt, the grids and the evaluation "
-                        "(default: keep all)")
+                        "L_Ortho under the classifier on to --steps, for samples.pt, the grids and the evaluation; "
+                        "None: keep all")
     p.add_argument("--screen-steps", type=int, default=100,
                    help="with --keep: the steps after which the generators are ranked (--steps: rank at the end)")
     p.add_argument("--steps", type=int, default=1500, help="training steps per generator")
@@ -88,7 +88,7 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
     p.add_argument("--checkpoint-every", type=int, default=100, help="save the training state every so many steps")
     p.add_argument("--log-every", type=int, default=50, help="print the loss terms every so many steps")
     p.add_argument("--run-dir", default=None,
-                   help="default: <out-dir>/<mode>-<dataset>-<subset>-<conditioning>[-shift<N>][-flip]-seed<seed>")
+                   help="None: <out-dir>/<mode>-<dataset>-<subset>-<conditioning>[-shift<N>][-flip]-seed<seed>")
     args = p.parse_args(argv)
     args.reconstruct = reconstruct
     args.hot = reconstruct and not getattr(args, "soft_vectors", False)  # the flag is reconstruct.py's

@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--premises-images", type=int, default=1000,
                    help="measure the premises (confidence, input- and weight-gradient norms) on at most this "
                         "many images of each set (training subset, held-out, test), drawn by --seed")
-    p.add_argument("--run-dir", default=None, help="default: <out-dir>/classifier-<dataset>-<subset>-seed<seed>")
+    p.add_argument("--run-dir", default=None, help="None: <out-dir>/classifier-<dataset>-<subset>-seed<seed>")
     args = p.parse_args(argv)
     if args.premises_images < 1:
         p.error("--premises-images must be at least 1")
