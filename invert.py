@@ -54,6 +54,10 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
                         "None: keep all")
     p.add_argument("--screen-steps", type=int, default=100,
                    help="with --keep: the steps after which the generators are ranked (--steps: rank at the end)")
+    p.add_argument("--try-negatives", action="store_true",
+                   help="with --keep: after --screen-steps, copy each generator as its negative (drawing 1 - x), "
+                        "train both --screen-steps more, and go on with the one whose samples' mean pixel is "
+                        "nearer the classifier's (that of its training images); they are then ranked")
     p.add_argument("--steps", type=int, default=1500, help="training steps per generator")
     p.add_argument("--batch-size", type=int, default=128, help="generated images per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the generator")
@@ -98,6 +102,8 @@ def parse_args(argv=None, reconstruct=False, doc=__doc__):
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.keep is not None and not 1 <= args.keep <= args.generators:
         p.error(f"--keep must be from 1 to --generators ({args.generators}), got {args.keep}")
+    if args.try_negatives and not (args.keep and 2 * args.screen_steps <= args.steps):
+        p.error("--try-negatives needs --keep and --steps of at least twice --screen-steps")
     if args.batch_size < 2:  # L_Cosine averages over pairs of images
         p.error("--batch-size must be at least 2")
     if args.shift < 0:
@@ -181,26 +187,66 @@ def train_one(k, args, classifier, device, run_dir, log, steps=None, resume=None
 def screen(args, classifier, device, run_dir, log):
     """--keep: train every generator --screen-steps steps (at most --steps), sample it, and
     return the --keep whose samples have the lowest L_Ortho (tldr.samples_ortho), in generator
-    order, and every generator's value. screen.pt records both, so --resume keeps the same ones."""
+    order, and every generator's value. With --try-negatives, each generator and its negative
+    train --screen-steps more first, and only the one of each pair nearer the classifier's mean
+    pixel is ranked. screen.pt records the outcome, so --resume keeps the same ones."""
     path = os.path.join(run_dir, "screen.pt")
-    flags = {"generators": args.generators, "keep": args.keep, "screen_steps": args.screen_steps}
+    flags = {"generators": args.generators, "keep": args.keep, "screen_steps": args.screen_steps,
+             "try_negatives": args.try_negatives}
     if args.resume and os.path.exists(path):
-        saved = tldr.load_checkpoint(path, "screen")
+        saved = {"try_negatives": False} | tldr.load_checkpoint(path, "screen")  # saved before the flag
         for key, value in flags.items():
             if saved[key] != value:
                 raise tldr.TLDRError(f"{path}: was screened with --{key.replace('_', '-')} {saved[key]}, not "
                                      f"{value}; resume with the same flags, or use --overwrite")
         log(f"screened before, as {path} records: keeping generator(s) {' '.join(map(str, saved['kept']))}")
         return saved["kept"], saved["ortho"]
-    ortho, steps = [], min(args.screen_steps, args.steps)
-    for k in range(args.generators):
-        gen, _ = train_one(k, args, classifier, device, run_dir, log, steps=steps)
+    n, steps = args.generators, min(args.screen_steps, args.steps)
+    candidates, record = list(range(n)), {}
+    if args.try_negatives:
+        # Choice (not in the paper): against the deepest FashionMNIST classifier here most
+        # generators draw the negatives of the items (bright ground, dark items) by step 100,
+        # and stay so. Turned over (1 - x) they draw the items and stay so. Which way round
+        # is right shows in the mean pixel, which the classifier stores (its normalisation,
+        # the training images' mean): a generator drawing negatives stays far above it. So
+        # generator n + k is generator k at --screen-steps turned into its negative, both
+        # train --screen-steps more, and of each pair the one whose samples' mean pixel is
+        # nearer the classifier's is ranked (README, "FashionMNIST: trying the negatives").
+        for k in range(n):
+            negative = os.path.join(run_dir, f"generator{n + k}.pt")
+            if args.resume and os.path.exists(negative):
+                continue
+            gen, _ = train_one(k, args, classifier, device, run_dir, log, steps=steps)
+            names = [name for name, _ in gen.named_parameters()]  # the optimizer's state is numbered in this order
+            state = tldr.load_checkpoint(os.path.join(run_dir, f"generator{k}.pt"), "generator")
+            # The last layer computes a = W h + b; negating W and b gives -a, and
+            # sigmoid(-a) = 1 - sigmoid(a): the same images, negative. (Linear output: -a + 1.)
+            for name in ("to_image.3.weight", "to_image.3.bias"):
+                state["model"][name] = -state["model"][name]
+                adam = state["optimizer"]["state"][names.index(name)]
+                adam["exp_avg"] = -adam["exp_avg"]  # Adam's running mean of the gradient turns with the weights
+            if args.output == "linear":
+                state["model"]["to_image.3.bias"] += 1
+            tldr.save_pt(state | {"index": n + k}, negative)
+            log(f"generator {k}: copied at step {steps} as its negative, generator {n + k}")
+        candidates, steps = list(range(2 * n)), 2 * steps
+    ortho, gap = [], []
+    for k in candidates:
+        gen, _ = train_one(k, args, classifier, device, run_dir, log, steps=steps,
+                           resume=args.resume or args.try_negatives)  # negatives: on from the copies
         x, _ = tldr.sample(gen, args.samples_per_class, args.hot, device, classifier, args.draws)
         ortho.append(tldr.samples_ortho(classifier, x))
-    kept = sorted(sorted(range(args.generators), key=lambda k: ortho[k])[:args.keep])  # the lowest, in order
+        # |mean pixel of the samples - the classifier's mean pixel|, over the channels
+        gap.append((x.mean((0, 2, 3)) - classifier.mean.flatten().cpu()).norm().item())
+    if args.try_negatives:
+        candidates = [k if gap[k] <= gap[n + k] else n + k for k in range(n)]  # one of each pair
+        record = {"mean_gap": gap}
+        log(f"mean pixel of each generator's samples after {steps} steps, distance to the classifier's: "
+            f"{' '.join(f'{g:.3f}' for g in gap)}; ranking generator(s) {' '.join(map(str, candidates))}")
+    kept = sorted(sorted(candidates, key=lambda k: ortho[k])[:args.keep])  # the lowest, in order
     log(f"L_Ortho over each generator's samples after {steps} steps: "
         f"{' '.join(f'{o:.4f}' for o in ortho)}; keeping generator(s) {' '.join(map(str, kept))}")
-    tldr.save_pt({"kind": "screen", "ortho": ortho, "kept": kept} | flags, path)
+    tldr.save_pt({"kind": "screen", "ortho": ortho, "kept": kept} | record | flags, path)
     return kept, ortho
 
 
@@ -265,7 +311,8 @@ def run(args, log=print):
     kept, screen_ortho = screen(args, classifier, device, run_dir, log) if args.keep else (
         list(range(args.generators)), None)
     images, labels, gen_ids = [], [], []
-    terms, ortho = [None] * args.generators, [None] * args.generators  # null for the generators not kept
+    n = 2 * args.generators if args.try_negatives else args.generators  # with the negatives' copies
+    terms, ortho = [None] * n, [None] * n  # null for the generators not kept
     for k in kept:
         # after screening, each kept generator goes on from its checkpoint
         gen, terms[k] = train_one(k, args, classifier, device, run_dir, log, resume=args.resume or bool(args.keep))

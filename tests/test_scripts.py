@@ -237,6 +237,69 @@ def test_keep_trains_the_kept_generators_on_as_if_never_screened(data_root, clas
     one_line_error(p, f"generator{k}.pt", "past step 1", "--overwrite")
 
 
+@pytest.mark.parametrize("output", ["sigmoid", "linear"])
+def test_try_negatives_turns_each_generator_into_its_negative(output, data_root, classifier, tmp_path, monkeypatch):
+    """--try-negatives --screen-steps 1: generator 2 + k starts as generator k at step 1,
+    drawing 1 - x; both train 1 step more, and of each pair the one whose samples' mean
+    pixel is nearer the classifier's is ranked by L_Ortho."""
+    first = {}  # the first state saved under each file name
+    save_pt = tldr.save_pt
+
+    def save_and_keep(obj, path):
+        save_pt(obj, path)
+        first.setdefault(os.path.basename(path), load(path))
+    monkeypatch.setattr(tldr, "save_pt", save_and_keep)
+    run_dir = str(tmp_path / "run")
+    args = ["reconstruct.py", "--dataset", "mnist", "--subset", SUBSET, "--data-root", data_root, "--classifier",
+            classifier("mnist"), *TINY_GENERATORS, "--samples-per-class", 2, "--output", output, "--keep", 1,
+            "--screen-steps", 1, "--try-negatives", "--run-dir", run_dir]
+    p = run_in_process(*args)
+    assert p.returncode == 0, p.stderr
+    for k in range(2):
+        a, b = first[f"generator{k}.pt"], first[f"generator{2 + k}.pt"]
+        assert a["step"] == b["step"] == 1 and (a["index"], b["index"]) == (k, 2 + k)
+        assert f"generator {k}: copied at step 1 as its negative, generator {2 + k}" in p.stdout
+        gens = []
+        for state in (a, b):
+            gens.append(tldr.Generator(**state["config"]))
+            gens[-1].load_state_dict(state["model"])
+        labels = torch.arange(10).repeat(2)
+        z, (prob, matrix) = torch.randn(20, 8), tldr.sample_conditioning(labels, True)
+        x, negative = (g.eval()(z, labels, prob, matrix) for g in gens)
+        assert (x - 0.5).abs().max() > 1e-3 and torch.allclose(negative, 1 - x, atol=1e-6)
+        # Adam's running mean of the gradient turns with the last layer; the rest is as it was
+        for i, (name, _) in enumerate(gens[0].named_parameters()):
+            adam_a, adam_b = a["optimizer"]["state"][i], b["optimizer"]["state"][i]
+            assert torch.equal(adam_b["exp_avg"], -adam_a["exp_avg"] if name.startswith("to_image.3.")
+                               else adam_a["exp_avg"])
+            assert torch.equal(adam_b["exp_avg_sq"], adam_a["exp_avg_sq"])
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])  # the same draws from here on
+    # the ranking: one of each pair by mean pixel, then the lowest L_Ortho
+    screen, metrics = load(os.path.join(run_dir, "screen.pt")), json.load(open(os.path.join(run_dir, "metrics.json")))
+    gap, ortho = screen["mean_gap"], screen["ortho"]
+    ranked = [k if gap[k] <= gap[2 + k] else 2 + k for k in range(2)]
+    assert metrics["kept"] == [min(ranked, key=lambda k: ortho[k])] and metrics["screen_ortho"] == ortho
+    ckpt = load(classifier("mnist"))
+    model = tldr.Classifier(**ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    for j in set(range(4)) - set(metrics["kept"]):  # each at step 2, where it was ranked
+        state = tldr.load_checkpoint(os.path.join(run_dir, f"generator{j}.pt"), "generator")
+        gen = tldr.Generator(**state["config"])
+        gen.load_state_dict(state["model"])
+        tldr.set_rng_state(state["rng"])  # sampled right after training, as screen() samples
+        x, _ = tldr.sample(gen, 2, True, "cpu", model.eval(), draws=3)
+        assert state["step"] == 2 and tldr.samples_ortho(model, x) == pytest.approx(ortho[j], rel=1e-5)
+        assert abs(x.mean().item() - model.mean.item()) == pytest.approx(gap[j], rel=1e-5)
+
+    os.remove(os.path.join(run_dir, "metrics.json"))  # as if stopped in the evaluation
+    p = run_in_process(*args, "--resume")
+    assert p.returncode == 0 and f"records: keeping generator(s) {metrics['kept'][0]}" in p.stdout, p.stderr
+    assert "copied" not in p.stdout and "step 2/3 " not in p.stdout
+    os.remove(os.path.join(run_dir, "metrics.json"))
+    one_line_error(run_in_process(*args[:-3], "--run-dir", run_dir, "--resume"), "screen.pt",
+                   "was screened with --try-negatives True, not False", "--overwrite")
+
+
 @pytest.mark.parametrize("script,args,needles", [
     ("train_classifier.py", ["--dataset", "imagenet"], ["--dataset", "imagenet", "mnist"]),
     ("reconstruct.py", ["--conditioning", "onehot"], ["--conditioning", "onehot", "vector-matrix"]),
@@ -249,6 +312,8 @@ def test_keep_trains_the_kept_generators_on_as_if_never_screened(data_root, clas
     ("reconstruct.py", ["--generators", 2, "--keep", 3], ["--keep", "from 1 to --generators (2)", "got 3"]),
     ("invert.py", ["--keep", 0], ["--keep", "got 0"]),
     ("reconstruct.py", ["--keep", 1, "--screen-steps", 0], ["--screen-steps", "at least 1"]),
+    ("reconstruct.py", ["--try-negatives"], ["--try-negatives", "--keep"]),
+    ("invert.py", ["--keep", 1, "--steps", 150, "--try-negatives"], ["--try-negatives", "twice --screen-steps"]),
     ("train_classifier.py", ["--premises-images", 0], ["--premises-images"]),
     ("train_classifier.py", ["--blocks", 5], ["--blocks", "1 to 4", "28x28"]),
     ("train_classifier.py", ["--dataset", "cifar10", "--blocks", 0], ["--blocks", "1 to 5", "32x32"]),
