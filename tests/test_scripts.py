@@ -295,6 +295,14 @@ def test_try_negatives_turns_each_generator_into_its_negative(output, data_root,
     p = run_in_process(*args, "--resume")
     assert p.returncode == 0 and f"records: keeping generator(s) {metrics['kept'][0]}" in p.stdout, p.stderr
     assert "copied" not in p.stdout and "step 2/3 " not in p.stdout
+    for name in ("screen.pt", "metrics.json"):  # as if stopped right after the copies: each at step 1
+        os.remove(os.path.join(run_dir, name))
+    for k in range(4):
+        torch.save(first[f"generator{k}.pt"], os.path.join(run_dir, f"generator{k}.pt"))
+    p = run_in_process(*args, "--resume")
+    assert p.returncode == 0 and "copied" not in p.stdout, p.stderr
+    assert all(f"generator {k}: resuming at step 1/3" in p.stdout for k in range(4))
+    assert load(os.path.join(run_dir, "screen.pt"))["ortho"] == ortho  # ranked as if never stopped
     os.remove(os.path.join(run_dir, "metrics.json"))
     one_line_error(run_in_process(*args[:-3], "--run-dir", run_dir, "--resume"), "screen.pt",
                    "was screened with --try-negatives True, not False", "--overwrite")
