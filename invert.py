@@ -208,10 +208,11 @@ def screen(args, classifier, device, run_dir, log):
         # generators draw the negatives of the items (bright ground, dark items) by step 100,
         # and stay so. Turned over (1 - x) they draw the items and stay so. Which way round
         # is right shows in the mean pixel, which the classifier stores (its normalisation,
-        # the training images' mean): a generator drawing negatives stays far above it. So
-        # generator n + k is generator k at --screen-steps turned into its negative, both
-        # train --screen-steps more, and of each pair the one whose samples' mean pixel is
-        # nearer the classifier's is ranked (README, "FashionMNIST: trying the negatives").
+        # the training images' mean): of a generator and its negative, the one drawing
+        # negatives stays further from it. So generator n + k is generator k at
+        # --screen-steps turned into its negative, both train --screen-steps more, and of
+        # each pair the one whose samples' mean pixel is nearer the classifier's is ranked
+        # (README, "FashionMNIST: trying the negatives").
         for k in range(n):
             negative = os.path.join(run_dir, f"generator{n + k}.pt")
             if args.resume and os.path.exists(negative):
