@@ -206,10 +206,11 @@ def screen(args, classifier, device, run_dir, log):
     if args.try_negatives:
         # Choice (not in the paper): against the deepest FashionMNIST classifier here most
         # generators draw the negatives of the items (bright ground, dark items) by step 100,
-        # and stay so. Turned over (1 - x) they draw the items and stay so. Which way round
-        # is right shows in the mean pixel, which the classifier stores (its normalisation,
-        # the training images' mean): of a generator and its negative, the one drawing
-        # negatives stays further from it. So generator n + k is generator k at
+        # and stay so. Turned over (1 - x) they draw the items and stay so. Against that
+        # classifier, which way round is right shows in the mean pixel, which it stores (its
+        # normalisation, the training images' mean): of a generator and its negative, the one
+        # drawing negatives stays further from it (not against the 1,000-image classifier,
+        # where the rule fails: README). So generator n + k is generator k at
         # --screen-steps turned into its negative, both train --screen-steps more, and of
         # each pair the one whose samples' mean pixel is nearer the classifier's is ranked
         # (README, "FashionMNIST: trying the negatives").
